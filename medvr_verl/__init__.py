@@ -1,0 +1,31 @@
+"""medvr-verl: MedVR (EVR + CCA) for veRL 0.9.1.
+
+``import verl`` loads :mod:`medvr_verl.plugin` through the ``verl.plugins`` entry point, which calls
+:func:`register`. The pure modules (:mod:`medvr_verl.boxes`, :mod:`medvr_verl.consensus`,
+:mod:`medvr_verl.entropy`, :mod:`medvr_verl.scoring`) import neither veRL nor torch.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+__version__ = "0.1.0"
+
+# Glue modules whose import registers a piece with one of veRL's registries.
+_GLUE_MODULES = (
+    "medvr_verl.resolvers",  # OmegaConf resolver ${medvr.pkg_file:...} used by the recipes
+    "medvr_verl.reward_manager",  # reward manager "medvr_cca"
+    "medvr_verl.agent_loop",  # agent loop "medvr_agent"
+)
+
+_registered = False
+
+
+def register() -> None:
+    """Import the glue modules so veRL's registries see the plugin's pieces. Idempotent."""
+    global _registered
+    if _registered:
+        return
+    for name in _GLUE_MODULES:
+        importlib.import_module(name)
+    _registered = True

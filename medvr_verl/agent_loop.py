@@ -1,0 +1,271 @@
+"""veRL agent loop ``medvr_agent``: the stock multi-turn tool loop plus what MedVR needs.
+
+Select per sample with the parquet column ``agent_name=medvr_agent`` or for all samples with
+``actor_rollout_ref.rollout.agent.default_agent_loop=medvr_agent``.
+
+Everything veRL's :class:`~verl.experimental.agent_loop.tool_agent_loop.ToolAgentLoop` does stays as
+it is (hermes tool parsing, image tool responses appended to the context, ``multi_turn`` turn and
+call limits, the ``response_length`` budget: a tool response that would overflow it ends the
+trajectory before its image tokens enter the context). On top, each trajectory's ``extra_fields``
+(``tool_extra_fields`` downstream) carry:
+
+``medvr_zoom_calls``
+    one record per zoom call, written by :class:`medvr_verl.tools.ZoomInTool`: the box in the
+    model's and in original-image pixels, the image it refers to, validity and error text.
+``medvr_turns``
+    one entry per assistant turn: ``start`` (offset in the response), ``length`` (generated tokens)
+    and ``entropy`` (per-token entropy when the server returns it, else ``None``; see
+    :mod:`medvr_verl.entropy`).
+``medvr_tool_calls``
+    one entry per executed zoom call with its coordinate tokens ``coord_start``/``coord_end``
+    (response offsets, ``[start, end)``) and the state needed to fork the trajectory there:
+    ``fork_prefix_len`` (tokens of prompt + response before the coordinates), ``num_images``,
+    ``num_messages``, ``assistant_turns`` and ``user_turns`` at that point, and ``turn_start``.
+    A fork rebuilds its context from the finished trajectory's tokens, so no token is stored twice.
+
+Forks (EVR, :mod:`medvr_verl.rollout`): a sample run with ``medvr_publish_key`` leaves its final
+state in :data:`TRAJECTORY_STORE` for the worker; a sample run with ``medvr_fork={"source": key,
+"call": i}`` starts from that state cut at zoom call ``i``: the same messages, images, tokens,
+response mask and rollout logprobs up to the call's coordinates, the same ``request_id`` (veRL's
+sticky session sends it to the same server, whose prefix cache then holds the shared prefix), and
+continues by sampling the coordinates anew. ``extra_fields["medvr_fork"]`` records where it forked.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from typing import Any
+
+from verl.experimental.agent_loop.agent_loop import register
+from verl.experimental.agent_loop.tool_agent_loop import AgentData, AgentState, ToolAgentLoop
+
+from medvr_verl.tool_calls import DEFAULT_TOOL_NAME, coordinate_char_spans
+
+logger = logging.getLogger(__name__)
+logger.setLevel(os.getenv("VERL_LOGGING_LEVEL", "WARN"))
+
+ENTROPY_KEY = "token_entropy"
+"""Key of the per-token entropy list in a server's ``TokenOutput.extra_fields`` (``medvr_vllm``)."""
+
+
+RUNTIME_KWARGS = ("medvr_publish_key", "medvr_fork")
+"""Per-sample kwargs the EVR worker passes to this loop; process-local, never sent to reward workers."""
+
+
+class TrajectoryStore:
+    """Process-local hand-off of finished trajectories' state from agent loops to the EVR worker.
+
+    The worker ``expect``s a key before it starts a base sample, the loop ``publish``es its final
+    ``AgentData`` under that key when it finishes, and forks ``get`` it. Keys are dropped with
+    ``discard`` when the worker's batch is done.
+    """
+
+    def __init__(self):
+        self._futures: dict[str, asyncio.Future] = {}
+
+    def expect(self, key: str) -> asyncio.Future:
+        return self._futures.setdefault(key, asyncio.get_running_loop().create_future())
+
+    def publish(self, key: str, state: AgentData) -> None:
+        future = self.expect(key)
+        if not future.done():
+            future.set_result(state)
+
+    def fail(self, key: str, error: BaseException) -> None:
+        future = self.expect(key)
+        if not future.done():
+            future.set_exception(error)
+
+    def get(self, key: str) -> AgentData:
+        future = self._futures.get(key)
+        if future is None or not future.done():
+            raise KeyError(f"no finished trajectory {key!r} to fork from")
+        return future.result()
+
+    def discard(self, key: str) -> None:
+        self._futures.pop(key, None)
+
+
+TRAJECTORY_STORE = TrajectoryStore()
+
+
+class _LastOutputClient:
+    """Forwards to veRL's LLM client and keeps the last ``TokenOutput`` (one loop = one trajectory).
+
+    For a fork, ``pending_prefix`` holds the forked turn's tokens up to the coordinates: the next
+    request continues after them, and the returned turn is prefix + new tokens, so veRL's loop merges
+    and parses the whole turn as if it had been generated in one go.
+    """
+
+    def __init__(self, client):
+        self._client = client
+        self.last_output = None
+        self.pending_prefix: tuple[list[int], list[float] | None, list[float] | None] | None = None
+
+    async def generate(self, *, prompt_ids: list[int], **kwargs):
+        prefix, self.pending_prefix = self.pending_prefix, None
+        if prefix is None:
+            self.last_output = await self._client.generate(prompt_ids=prompt_ids, **kwargs)
+            return self.last_output
+        tokens, logprobs, entropy = prefix
+        output = await self._client.generate(prompt_ids=list(prompt_ids) + tokens, **kwargs)
+        extra = dict(output.extra_fields)
+        new_entropy = extra.get(ENTROPY_KEY)
+        extra[ENTROPY_KEY] = entropy + list(new_entropy) if entropy is not None and new_entropy is not None else None
+        self.last_output = output.model_copy(
+            update={
+                "token_ids": tokens + list(output.token_ids),
+                "log_probs": logprobs + list(output.log_probs) if logprobs is not None and output.log_probs else None,
+                "extra_fields": extra,
+            }
+        )
+        return self.last_output
+
+    def __getattr__(self, name):
+        return getattr(self._client, name)
+
+
+@register("medvr_agent")
+class MedVRAgentLoop(ToolAgentLoop):
+    """ToolAgentLoop that records zoom boxes, per-token entropy and fork points of each trajectory."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.server_manager = _LastOutputClient(self.server_manager)
+        zoom_tools = [name for name, tool in self.tools.items() if name == DEFAULT_TOOL_NAME or _is_zoom_tool(tool)]
+        self.zoom_tool_name = zoom_tools[0] if zoom_tools else DEFAULT_TOOL_NAME
+        self._fork: dict | None = None
+        self._agent_data: AgentData | None = None
+
+    async def run(self, sampling_params: dict[str, Any], **kwargs):
+        publish_key = kwargs.pop("medvr_publish_key", None)
+        self._fork = kwargs.pop("medvr_fork", None)
+        try:
+            output = await super().run(sampling_params, **kwargs)
+        except BaseException as e:
+            if publish_key is not None:
+                TRAJECTORY_STORE.fail(publish_key, e)
+            raise
+        if publish_key is not None:
+            TRAJECTORY_STORE.publish(publish_key, self._agent_data)
+        return output
+
+    async def _handle_pending_state(self, agent_data: AgentData, sampling_params: dict[str, Any]) -> AgentState:
+        self._agent_data = agent_data
+        if self._fork is None:
+            return await super()._handle_pending_state(agent_data, sampling_params)
+        self._restore_fork(agent_data, TRAJECTORY_STORE.get(self._fork["source"]), int(self._fork["call"]))
+        return AgentState.GENERATING
+
+    def _restore_fork(self, agent_data: AgentData, base: AgentData, call_index: int) -> None:
+        """Cut ``base`` at the coordinates of its zoom call ``call_index`` into ``agent_data``."""
+        call = base.extra_fields["medvr_tool_calls"][call_index]
+        turn_start, coord_start = call["turn_start"], call["coord_start"]
+        turn_abs_start = call["fork_prefix_len"] - (coord_start - turn_start)
+        agent_data.messages = list(base.messages[: call["num_messages"]])
+        agent_data.image_data = list(base.image_data[: call["num_images"]]) if base.image_data is not None else None
+        agent_data.prompt_ids = list(base.prompt_ids[:turn_abs_start])
+        agent_data.response_mask = list(base.response_mask[:turn_start])
+        agent_data.response_logprobs = list(base.response_logprobs[:turn_start])
+        agent_data.assistant_turns = call["assistant_turns"]
+        agent_data.user_turns = call["user_turns"]
+        agent_data.request_id = base.request_id
+        agent_data.mm_processor_kwargs = base.mm_processor_kwargs
+        agent_data.tool_rewards = list(base.tool_rewards[: call["num_tool_rewards"]])
+        agent_data.turn_scores = list(base.turn_scores[: call["num_turn_scores"]])
+
+        turn = base.extra_fields["medvr_turns"][call["turn"]]
+        extra = dict(base.extra_fields)
+        extra["medvr_turns"] = list(extra["medvr_turns"][: call["turn"]])
+        extra["medvr_tool_calls"] = [c for c in extra["medvr_tool_calls"] if c["turn"] < call["turn"]]
+        for key, count in (("medvr_zoom_calls", "num_zoom_records"), ("medvr_image_provenance", "num_images")):
+            if key in extra:
+                extra[key] = list(extra[key][: call[count]])
+        extra["medvr_fork"] = {"call": call_index, "turn": call["turn"], "prefix_tokens": call["fork_prefix_len"]}
+        agent_data.extra_fields = extra
+
+        prefix_len = coord_start - turn_start
+        turn_tokens = base.prompt_ids[turn_abs_start : call["fork_prefix_len"]]
+        logprobs = base.response_logprobs[turn_start:coord_start] if base.response_logprobs else None
+        entropy = turn["entropy"][:prefix_len] if turn["entropy"] is not None else None
+        self.server_manager.pending_prefix = (list(turn_tokens), logprobs, entropy)
+
+    async def _handle_generating_state(
+        self, agent_data: AgentData, sampling_params: dict[str, Any], ignore_termination: bool = False
+    ) -> AgentState:
+        turn_start = len(agent_data.response_mask)
+        abs_start = len(agent_data.prompt_ids)
+        before = {
+            "num_images": len(agent_data.image_data or []),
+            "num_messages": len(agent_data.messages),
+            "assistant_turns": agent_data.assistant_turns,
+            "user_turns": agent_data.user_turns,
+            "num_tool_rewards": len(agent_data.tool_rewards),
+            "num_turn_scores": len(agent_data.turn_scores),
+            "num_zoom_records": len(agent_data.extra_fields.get("medvr_zoom_calls", [])),
+        }
+        state = await super()._handle_generating_state(agent_data, sampling_params, ignore_termination)
+
+        token_ids = list(agent_data.response_ids)
+        entropy = agent_data.extra_fields.pop(ENTROPY_KEY, None)  # copied there from the first turn
+        last = self.server_manager.last_output
+        if last is not None and last.extra_fields.get(ENTROPY_KEY) is not None:
+            entropy = list(last.extra_fields[ENTROPY_KEY])
+        if entropy is not None and len(entropy) != len(token_ids):
+            logger.warning("server returned %d entropies for %d tokens; dropped", len(entropy), len(token_ids))
+            entropy = None
+        agent_data.extra_fields.setdefault("medvr_turns", []).append(
+            {"start": turn_start, "length": len(token_ids), "entropy": entropy}
+        )
+        if state == AgentState.PROCESSING_TOOLS:
+            calls = await self.loop.run_in_executor(None, self._coordinate_token_spans, token_ids)
+            records = agent_data.extra_fields.setdefault("medvr_tool_calls", [])
+            for coord_start, coord_end in calls[: self.max_parallel_calls]:
+                records.append(
+                    {
+                        "turn": len(agent_data.extra_fields["medvr_turns"]) - 1,
+                        "turn_start": turn_start,
+                        "coord_start": turn_start + coord_start,
+                        "coord_end": turn_start + coord_end,
+                        "fork_prefix_len": abs_start + coord_start,
+                        **before,
+                    }
+                )
+        return state
+
+    def _coordinate_token_spans(self, token_ids: list[int]) -> list[tuple[int, int]]:
+        """Token spans ``[start, end)`` (turn offsets) of the zoom calls' coordinate arrays."""
+        text = self.tokenizer.decode(token_ids, skip_special_tokens=False)
+        return [
+            (
+                _char_to_token(self.tokenizer, token_ids, s, round_up=False),
+                _char_to_token(self.tokenizer, token_ids, e, round_up=True),
+            )
+            for s, e in coordinate_char_spans(text, self.zoom_tool_name)
+        ]
+
+
+def _char_to_token(tokenizer, token_ids: list[int], char_pos: int, *, round_up: bool) -> int:
+    """Index of the token holding character ``char_pos`` of ``decode(token_ids)`` (binary search).
+
+    ``round_up=False``: the token that contains the character (start of a span); ``round_up=True``:
+    the number of tokens needed to cover ``[0, char_pos)`` (end of a span).
+    """
+    lo, hi = 0, len(token_ids)
+    # smallest i with len(decode(token_ids[:i])) > char_pos (start) or >= char_pos (end)
+    while lo < hi:
+        mid = (lo + hi) // 2
+        length = len(tokenizer.decode(token_ids[:mid], skip_special_tokens=False))
+        if length > char_pos or (round_up and length >= char_pos):
+            hi = mid
+        else:
+            lo = mid + 1
+    return lo if round_up else max(lo - 1, 0)
+
+
+def _is_zoom_tool(tool) -> bool:
+    from medvr_verl.tools.zoom import ZoomInTool
+
+    return isinstance(tool, ZoomInTool)

@@ -1,0 +1,433 @@
+"""Pure box utilities: parse a model's ``bbox_2d``, map between pixel spaces, exact union areas.
+
+Imports neither veRL nor torch (numpy and the standard library only), so it runs in the reward
+path, in tests and on machines without a GPU.
+
+Conventions
+-----------
+A box is ``(x1, y1, x2, y2)`` in pixels, floats, **half-open**: it covers pixel ``(u, v)`` iff
+``x1 <= u < x2`` and ``y1 <= v < y2``. For integer boxes the area ``(x2 - x1) * (y2 - y1)`` is then
+the number of integer pixels covered, so every area here equals a pixel count of a raster
+``mask[y1:y2, x1:x2] = True``. A box with ``x2 <= x1`` or ``y2 <= y1`` is empty (degenerate); the
+area functions ignore it, exactly as that raster slice would.
+
+Areas of unions are computed exactly by coordinate compression: the distinct box edges cut the
+plane into at most ``(2B - 1) x (2B - 1)`` cells for ``B`` boxes, each cell is either fully inside or
+fully outside every box, so coverage is decided per cell and areas are cell widths times heights.
+The cost depends on the number of boxes, never on the image resolution.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import numbers
+from collections.abc import Sequence
+
+import numpy as np
+
+Box = tuple[float, float, float, float]
+
+__all__ = [
+    "Box",
+    "BoxError",
+    "box_area",
+    "clamp_box",
+    "intersection_area",
+    "iou",
+    "parse_bbox",
+    "scale_box",
+    "union_area",
+]
+
+# Longest bbox_2d text we read: a real box is ~30 characters; the cap keeps json/float parsing of
+# adversarial model output bounded.
+MAX_TEXT_CHARS = 1024
+# Longest single numeric string (one coordinate) we hand to float().
+_MAX_NUMBER_CHARS = 64
+# Largest list/array we even look at: anything longer cannot be 4 numbers.
+_MAX_ITEMS = 64
+# group_cover switches from a batched matmul to prefix sums above this many boxes in one group.
+_MATMUL_MAX_BOXES = 64
+_OPEN_TO_CLOSE = {"[": "]", "(": ")"}
+_BRACKETS = frozenset("[](){}")
+
+
+class BoxError(ValueError):
+    """A bad ``bbox_2d`` from the model. The message is shown to the model as the tool's answer,
+    so it says what was wrong and what a valid value looks like."""
+
+
+# ----------------------------------------------------------------------------------------------
+# Parsing
+# ----------------------------------------------------------------------------------------------
+
+
+def _fmt(x: float) -> str:
+    """Short human form of a coordinate for error messages (12, 12.5, 1e+30)."""
+    return f"{x:.6g}"
+
+
+def _fmt_box(box: Sequence[float]) -> str:
+    return "[" + ", ".join(_fmt(v) for v in box) + "]"
+
+
+def _preview(text: str, limit: int = 60) -> str:
+    """repr of a bad string, cut to ``limit`` characters so an error message stays short.
+
+    Only ever called on ``str`` (other bad values are named by type), so no foreign ``__repr__``
+    runs while building a BoxError.
+    """
+    shown = repr(text)
+    return shown if len(shown) <= limit else shown[: limit - 3] + "..."
+
+
+def _check_positive(name: str, value: object, *, allow_inf: bool = False) -> float:
+    """Validate a programmer-supplied size (not model output): a finite number > 0 (or +inf)."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
+        # ValueError, not TypeError: callers treat every bad size the same way (documented).
+        raise ValueError(f"{name} must be a positive number, got {value!r}")  # noqa: TRY004
+    out = float(value)
+    if not ((math.isfinite(out) or (allow_inf and out == math.inf)) and out > 0):
+        raise ValueError(f"{name} must be a positive finite number, got {value!r}")
+    return out
+
+
+def _check_size(name: str, size: object) -> tuple[float, float]:
+    """Validate a ``(width, height)`` pair."""
+    if not isinstance(size, (tuple, list)) or len(size) != 2:
+        raise ValueError(f"{name} must be (width, height), got {size!r}")
+    return _check_positive(f"{name}[0]", size[0]), _check_positive(f"{name}[1]", size[1])
+
+
+def _split_plain(text: str) -> list[str]:
+    """Split '1, 2, 3, 4' / '(1 2 3 4)' / '[1 2 3 4]' into number strings (not yet converted).
+
+    Strips one pair of outer brackets; splits on commas when there are any, else on whitespace, so
+    '1,,2,3' gives an empty item (rejected later) instead of silently closing the gap.
+    """
+    inner = text
+    if len(inner) >= 2 and _OPEN_TO_CLOSE.get(inner[0]) == inner[-1]:
+        inner = inner[1:-1]
+    if any(ch in _BRACKETS for ch in inner):
+        raise BoxError(f"bbox_2d must be 4 numbers [x1, y1, x2, y2], could not read {_preview(text)}")
+    parts = inner.split(",") if "," in inner else inner.split()
+    return [p.strip() for p in parts]
+
+
+def _parse_text(text: str) -> object:
+    """Turn a textual bbox_2d into a list (JSON first, then the plain '1, 2, 3, 4' form)."""
+    if len(text) > MAX_TEXT_CHARS:
+        raise BoxError(f"bbox_2d text is too long ({len(text)} characters); give 4 numbers [x1, y1, x2, y2]")
+    stripped = text.strip()
+    if not stripped:
+        raise BoxError("bbox_2d is empty; give 4 numbers [x1, y1, x2, y2]")
+    if stripped[0] in "[{":
+        try:
+            return json.loads(stripped)
+        except (ValueError, RecursionError):
+            pass  # e.g. '[1 2 3 4]': not JSON, but the plain reader below takes it
+    return _split_plain(stripped)
+
+
+def _as_items(value: object) -> list | None:
+    """The items of a list/tuple/ndarray, or None when ``value`` is not such a sequence."""
+    if isinstance(value, np.ndarray):
+        if value.ndim == 0:
+            return None
+        if value.size > _MAX_ITEMS:
+            raise BoxError(f"bbox_2d must have 4 numbers [x1, y1, x2, y2], got an array of {value.size}")
+        return value.tolist()
+    if isinstance(value, (list, tuple)):
+        return list(value)
+    return None
+
+
+def _to_number(item: object, position: int) -> float:
+    """One coordinate: a real number or a numeric string; never bool, None, nested or non-finite."""
+    if isinstance(item, (bool, np.bool_)):
+        raise BoxError(f"bbox_2d values must be numbers, got a boolean at position {position}")
+    if isinstance(item, str):
+        if len(item) > _MAX_NUMBER_CHARS:
+            raise BoxError(f"bbox_2d value at position {position} is too long to be a number")
+        try:
+            out = float(item.strip())
+        except ValueError:
+            raise BoxError(f"bbox_2d values must be numbers, got {_preview(item)} at position {position}") from None
+    elif isinstance(item, numbers.Real):
+        try:
+            out = float(item)
+        except (OverflowError, ValueError, TypeError):
+            raise BoxError(f"bbox_2d value at position {position} is not a usable number") from None
+    else:
+        raise BoxError(f"bbox_2d values must be numbers, got {type(item).__name__} at position {position}")
+    if not math.isfinite(out):
+        raise BoxError(f"bbox_2d values must be finite numbers, got {_fmt(out)} at position {position}")
+    return out
+
+
+def _coerce_four(value: object) -> tuple[float, float, float, float]:
+    """Read exactly four finite numbers out of any accepted bbox_2d form (see parse_bbox)."""
+    if isinstance(value, str):
+        value = _parse_text(value)
+    items = _as_items(value)
+    if items is None:
+        raise BoxError(f"bbox_2d must be a list of 4 numbers [x1, y1, x2, y2], got {type(value).__name__}")
+    # Models sometimes wrap the box once more: [[x1, y1, x2, y2]]. Unwrap exactly one level.
+    if len(items) == 1:
+        inner = _as_items(items[0])
+        if inner is not None:
+            items = inner
+    if len(items) <= _MAX_ITEMS and any(isinstance(v, (list, tuple, dict, np.ndarray)) for v in items):
+        raise BoxError("bbox_2d must be a flat list of 4 numbers [x1, y1, x2, y2], got nested lists")
+    if len(items) != 4:
+        raise BoxError(f"bbox_2d must have 4 numbers [x1, y1, x2, y2], got {len(items)}")
+    x1, y1, x2, y2 = (_to_number(v, i) for i, v in enumerate(items))
+    return x1, y1, x2, y2
+
+
+def parse_bbox(value: object, width: float, height: float, *, min_size: float = 1.0) -> Box:
+    """Parse and validate a model's ``bbox_2d`` argument against an image of ``width x height`` px.
+
+    Accepted forms of ``value``: a list/tuple/numpy array of 4 numbers (ints, floats or numeric
+    strings such as ``"12.5"``); a JSON string ``"[1, 2, 3, 4]"``; a plain string ``"1, 2, 3, 4"``
+    or ``"(1 2 3 4)"``; the box nested once, ``[[1, 2, 3, 4]]``.
+
+    Returns ``(x1, y1, x2, y2)`` floats with ``x1 < x2``, ``y1 < y2``, clamped to
+    ``[0, width] x [0, height]``.
+
+    Reversed corners are re-ordered rather than rejected: models emit the two corners in either
+    order, and the rectangle they span is unambiguous.
+
+    Raises:
+        BoxError: for any bad ``value`` (wrong length, non-numeric, bool, None, dict, NaN, inf,
+            deeper nesting, text over ``MAX_TEXT_CHARS``, zero width/height, box entirely outside
+            the image, clamped width or height below ``min_size`` pixels). Nothing else escapes
+            for bad ``value``; the message is meant for the model.
+        ValueError: ``width``/``height`` not positive numbers, or ``min_size`` < 0 (a
+            programmer error, not the model's). ``math.inf`` stands for an unknown image size
+            (boxes read from text): everything is validated but nothing is clamped from above.
+    """
+    w = _check_positive("width", width, allow_inf=True)
+    h = _check_positive("height", height, allow_inf=True)
+    if (
+        isinstance(min_size, bool)
+        or not isinstance(min_size, numbers.Real)
+        or not (math.isfinite(min_size) and min_size >= 0)
+    ):
+        raise ValueError(f"min_size must be a finite number >= 0, got {min_size!r}")
+
+    x1, y1, x2, y2 = _coerce_four(value)
+    x1, x2 = min(x1, x2), max(x1, x2)
+    y1, y2 = min(y1, y2), max(y1, y2)
+    raw = (x1, y1, x2, y2)
+    if x1 == x2 or y1 == y2:
+        side = "width (x1 == x2)" if x1 == x2 else "height (y1 == y2)"
+        raise BoxError(f"bbox_2d {_fmt_box(raw)} has zero {side}; give a box with some area")
+    if x2 <= 0 or y2 <= 0 or x1 >= w or y1 >= h:
+        raise BoxError(
+            f"bbox_2d {_fmt_box(raw)} lies outside the image (width {_fmt(w)}, height {_fmt(h)}); "
+            f"use pixel coordinates with 0 <= x <= {_fmt(w)} and 0 <= y <= {_fmt(h)}"
+        )
+    box = (max(x1, 0.0), max(y1, 0.0), min(x2, w), min(y2, h))
+    bw, bh = box[2] - box[0], box[3] - box[1]
+    if bw < min_size or bh < min_size:
+        raise BoxError(
+            f"bbox_2d {_fmt_box(raw)} is too small inside the image (width {_fmt(w)}, height "
+            f"{_fmt(h)}): {_fmt(bw)} x {_fmt(bh)} px, each side must be at least {_fmt(min_size)} px"
+        )
+    return box
+
+
+# ----------------------------------------------------------------------------------------------
+# Coordinate mapping
+# ----------------------------------------------------------------------------------------------
+
+
+def scale_box(box: Sequence[float], from_size: Sequence[float], to_size: Sequence[float]) -> Box:
+    """Map ``box`` between two pixel spaces of the same image, e.g. Qwen2.5-VL's resized input
+    space -> original image pixels.
+
+    Args:
+        box: ``(x1, y1, x2, y2)`` in ``from_size`` pixels.
+        from_size, to_size: ``(width, height)`` of the two spaces, pixels.
+
+    Per-axis linear scaling: ``x * to_w / from_w``, ``y * to_h / from_h`` (the resize is
+    per-axis, so aspect-ratio changes are honoured). Corners are not re-ordered or clamped.
+    """
+    fw, fh = _check_size("from_size", from_size)
+    tw, th = _check_size("to_size", to_size)
+    x1, y1, x2, y2 = (float(v) for v in box)
+    sx, sy = tw / fw, th / fh
+    return (x1 * sx, y1 * sy, x2 * sx, y2 * sy)
+
+
+def clamp_box(box: Sequence[float], width: float, height: float) -> Box | None:
+    """Clip ``box`` to ``[0, width] x [0, height]``; ``None`` when nothing with area is left.
+
+    Corners are expected in order (``parse_bbox`` orders them); a reversed box counts as empty.
+    """
+    w = _check_positive("width", width)
+    h = _check_positive("height", height)
+    x1, y1, x2, y2 = (float(v) for v in box)
+    out = (max(x1, 0.0), max(y1, 0.0), min(x2, w), min(y2, h))
+    if not (out[2] > out[0] and out[3] > out[1]):  # also False for NaN
+        return None
+    return out
+
+
+# ----------------------------------------------------------------------------------------------
+# Exact areas by coordinate compression
+# ----------------------------------------------------------------------------------------------
+
+
+def box_area(box: Sequence[float]) -> float:
+    """Area of one box in px^2; 0.0 for an empty (degenerate or reversed) box."""
+    x1, y1, x2, y2 = (float(v) for v in box)
+    return max(0.0, x2 - x1) * max(0.0, y2 - y1)
+
+
+def boxes_array(boxes: Sequence[Sequence[float]] | np.ndarray) -> np.ndarray:
+    """Stack boxes into a float64 array of shape ``(N, 4)``, dropping empty boxes.
+
+    Raises ValueError when an entry is not 4 numbers or a coordinate is not finite.
+    """
+    arr = np.asarray(boxes, dtype=np.float64)
+    if arr.size == 0:
+        return np.empty((0, 4), dtype=np.float64)
+    if arr.ndim != 2 or arr.shape[1] != 4:
+        raise ValueError(f"boxes must be a sequence of (x1, y1, x2, y2), got shape {arr.shape}")
+    if not np.isfinite(arr).all():
+        raise ValueError("box coordinates must be finite")
+    keep = (arr[:, 2] > arr[:, 0]) & (arr[:, 3] > arr[:, 1])
+    return arr if keep.all() else arr[keep]
+
+
+def grid_edges(arr: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Sorted distinct x edges (nx,) and y edges (ny,) of the boxes ``arr`` (N, 4), N >= 1.
+
+    Consecutive edges bound the ``(ny - 1) x (nx - 1)`` cells of the compressed grid.
+    """
+    xs = np.unique(arr[:, 0::2])
+    ys = np.unique(arr[:, 1::2])
+    return xs, ys
+
+
+def cell_areas(xs: np.ndarray, ys: np.ndarray) -> np.ndarray:
+    """Area of every grid cell, shape ``(ny - 1, nx - 1)``, px^2."""
+    return np.outer(np.diff(ys), np.diff(xs))
+
+
+def group_cover(arr: np.ndarray, groups: np.ndarray, n_groups: int, xs: np.ndarray, ys: np.ndarray) -> np.ndarray:
+    """Which cells each group's union of boxes covers.
+
+    Args:
+        arr: (N, 4) non-empty boxes whose edges are all in ``xs``/``ys``.
+        groups: (N,) int group index of each box, in ``[0, n_groups)``.
+        n_groups: G.
+        xs, ys: grid edges from :func:`grid_edges` (possibly of a superset of boxes).
+
+    Returns:
+        bool array (G, ny - 1, nx - 1): cell covered by at least one box of the group.
+
+    A box covers exactly the cells in its row span times its column span, so with ``R`` (G, K,
+    rows) and ``C`` (G, K, cols) the 0/1 span indicators of each group's (at most K) boxes, the
+    batched product ``R^T @ C`` counts the group's boxes over every cell. That is one BLAS call,
+    O(G * cells * K), and much faster than 2D prefix sums at the sizes of a GRPO group. For many
+    boxes per group (K large) the 2D difference-array prefix sum, O(G * cells), takes over.
+    """
+    rows, cols = len(ys) - 1, len(xs) - 1
+    groups = np.asarray(groups, dtype=np.intp)
+    ix1 = np.searchsorted(xs, arr[:, 0])
+    ix2 = np.searchsorted(xs, arr[:, 2])
+    iy1 = np.searchsorted(ys, arr[:, 1])
+    iy2 = np.searchsorted(ys, arr[:, 3])
+    per_group = np.bincount(groups, minlength=n_groups)
+    k = int(per_group.max()) if len(groups) else 0
+    if k > _MATMUL_MAX_BOXES:
+        return _group_cover_prefix(groups, n_groups, ix1, ix2, iy1, iy2, rows, cols)
+    # Slot of each box inside its group: rank among the group's boxes (stable order).
+    order = np.argsort(groups, kind="stable")
+    starts = np.cumsum(per_group) - per_group
+    slot = np.empty_like(groups)
+    slot[order] = np.arange(len(groups)) - starts[groups[order]]
+    row_idx = np.arange(rows)
+    col_idx = np.arange(cols)
+    row_span = np.zeros((n_groups, k, rows), dtype=np.float32)
+    col_span = np.zeros((n_groups, k, cols), dtype=np.float32)
+    # float32 holds the small integer counts exactly (k < 2**24).
+    row_span[groups, slot] = (row_idx >= iy1[:, None]) & (row_idx < iy2[:, None])
+    col_span[groups, slot] = (col_idx >= ix1[:, None]) & (col_idx < ix2[:, None])
+    return np.matmul(row_span.transpose(0, 2, 1), col_span) > 0
+
+
+def _group_cover_prefix(
+    groups: np.ndarray,
+    n_groups: int,
+    ix1: np.ndarray,
+    ix2: np.ndarray,
+    iy1: np.ndarray,
+    iy2: np.ndarray,
+    rows: int,
+    cols: int,
+) -> np.ndarray:
+    """:func:`group_cover` by 2D difference arrays (+1/-1 at the four corners of each box in
+    edge-index space, then a 2D prefix sum); same result, cost independent of boxes per group."""
+    ny, nx = rows + 1, cols + 1
+    base = groups * (ny * nx)
+    size = n_groups * ny * nx
+    plus = np.concatenate((base + iy1 * nx + ix1, base + iy2 * nx + ix2))
+    minus = np.concatenate((base + iy1 * nx + ix2, base + iy2 * nx + ix1))
+    diff = np.bincount(plus, minlength=size) - np.bincount(minus, minlength=size)
+    count = diff.reshape(n_groups, ny, nx).cumsum(axis=1).cumsum(axis=2)
+    return count[:, :-1, :-1] > 0
+
+
+def _covers(*box_sets: Sequence[Sequence[float]]) -> tuple[np.ndarray, np.ndarray] | None:
+    """Cover of each box set on one shared grid: (bool (S, cells), cell areas (cells,)).
+
+    None when all sets are empty.
+    """
+    arrays = [boxes_array(b) for b in box_sets]
+    sizes = [len(a) for a in arrays]
+    if sum(sizes) == 0:
+        return None
+    arr = np.concatenate(arrays)
+    groups = np.repeat(np.arange(len(arrays)), sizes)
+    xs, ys = grid_edges(arr)
+    cover = group_cover(arr, groups, len(arrays), xs, ys)
+    return cover.reshape(len(arrays), -1), cell_areas(xs, ys).ravel()
+
+
+def union_area(boxes: Sequence[Sequence[float]]) -> float:
+    """Exact area (px^2) of the union of ``boxes``; 0.0 for none. Empty boxes are ignored."""
+    covers = _covers(boxes)
+    if covers is None:
+        return 0.0
+    cover, area = covers
+    return float(area[cover[0]].sum())
+
+
+def intersection_area(a_boxes: Sequence[Sequence[float]], b_boxes: Sequence[Sequence[float]]) -> float:
+    """Exact area (px^2) of ``(union of a_boxes) ∩ (union of b_boxes)``."""
+    covers = _covers(a_boxes, b_boxes)
+    if covers is None:
+        return 0.0
+    cover, area = covers
+    return float(area[cover[0] & cover[1]].sum())
+
+
+def iou(a_boxes: Sequence[Sequence[float]], b_boxes: Sequence[Sequence[float]]) -> float:
+    """IoU of the two unions, ``|A ∩ B| / |A ∪ B|``; 0.0 when ``A ∪ B`` is empty.
+
+    Both areas are sums of exact cell areas, so for integer boxes the ratio is the correctly
+    rounded quotient of two pixel counts.
+    """
+    covers = _covers(a_boxes, b_boxes)
+    if covers is None:
+        return 0.0
+    cover, area = covers
+    union = float(area[cover[0] | cover[1]].sum())
+    if union <= 0.0:
+        return 0.0
+    return float(area[cover[0] & cover[1]].sum()) / union

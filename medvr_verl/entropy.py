@@ -1,0 +1,131 @@
+"""Pure: token entropy from an engine's top-k logprobs and EVR's branching rule.
+
+Entropy is in nats. Shapes are plain Python sequences: one float per generated token.
+
+Estimator (:func:`topk_entropy`). An engine returns the k most likely tokens' logprobs of each
+position, ``p_1 >= ... >= p_k``, leaving the tail mass ``r = 1 - sum p_i`` unseen. Every tail token
+has probability at most ``p_k``, so ``-sum_tail p_j log p_j >= -r log p_k``; the estimate
+
+    H_hat = -sum_{i<=k} p_i log p_i - r log p_k
+
+is therefore a lower bound of the exact entropy ``H``. The tail's entropy is largest when ``r`` is
+spread evenly over the ``V - k`` other tokens, so
+
+    0 <= H - H_hat <= r * log((V - k) * p_k / r)    (and 0 when r = 0),
+
+see :func:`topk_entropy_error_bound`. With k = 20 on a confident policy the tail mass is a few
+percent at most and the error a small fraction of a nat; the estimate is exact when k = V.
+
+EVR (DESIGN.md section 3): ``H_base`` is the mean entropy of the first tokens of the response;
+``H_tool`` the largest rolling mean over a window of a zoom call's coordinate tokens (the spike the
+paper branches on); ``dH = H_tool - H_base``. A tool call qualifies as a fork point when
+``dH > threshold``; it is then chosen with probability ``P = clip(P_base + gamma * dH, 0, 1)``.
+``gamma = 0`` degrades to random branching at rate ``P_base``.
+
+Imports neither veRL nor torch.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+
+def topk_entropy(logprobs: Sequence[float]) -> float:
+    """Entropy estimate (nats) of one position from its top-k logprobs (any order).
+
+    Returns the lower-bound estimate described in the module docstring; 0.0 for an empty list.
+    Non-finite logprobs (``-inf`` for impossible tokens) are ignored.
+    """
+    probs = sorted((math.exp(lp) for lp in logprobs if math.isfinite(lp)), reverse=True)
+    if not probs:
+        return 0.0
+    head = -sum(p * math.log(p) for p in probs if p > 0.0)
+    tail = max(0.0, 1.0 - sum(probs))  # engines' rounding can push the sum a hair above 1
+    p_min = probs[-1]
+    return head - tail * math.log(p_min) if tail > 0.0 and p_min > 0.0 else head
+
+
+def topk_entropy_error_bound(logprobs: Sequence[float], vocab_size: int) -> float:
+    """Upper bound (nats) of ``H - topk_entropy(logprobs)`` for a vocabulary of ``vocab_size`` tokens."""
+    probs = sorted((math.exp(lp) for lp in logprobs if math.isfinite(lp)), reverse=True)
+    tail = max(0.0, 1.0 - sum(probs))
+    rest = vocab_size - len(probs)
+    if tail <= 0.0 or rest <= 0 or not probs:
+        return 0.0
+    return max(0.0, tail * math.log(rest * probs[-1] / tail))
+
+
+def exact_entropy(logprobs: Sequence[float]) -> float:
+    """Entropy (nats) of a full distribution given as logprobs over the whole vocabulary."""
+    return -sum(math.exp(lp) * lp for lp in logprobs if math.isfinite(lp))
+
+
+def h_base(entropies: Sequence[float], num_tokens: int) -> float:
+    """``H_base``: mean entropy of the first ``num_tokens`` tokens of the response (0.0 if none)."""
+    if num_tokens < 1:
+        raise ValueError(f"num_tokens must be >= 1, got {num_tokens}")
+    head = list(entropies[:num_tokens])
+    return sum(head) / len(head) if head else 0.0
+
+
+def h_tool(coordinate_entropies: Sequence[float], window: int) -> float:
+    """``H_tool``: the largest mean over ``window`` consecutive coordinate tokens.
+
+    A span shorter than the window is averaged whole; an empty span gives 0.0.
+    """
+    if window < 1:
+        raise ValueError(f"window must be >= 1, got {window}")
+    values = list(coordinate_entropies)
+    if not values:
+        return 0.0
+    if len(values) <= window:
+        return sum(values) / len(values)
+    running = sum(values[:window])
+    best = running
+    for i in range(window, len(values)):
+        running += values[i] - values[i - window]
+        best = max(best, running)
+    return best / window
+
+
+def branch_probability(delta_h: float, p_base: float, gamma: float) -> float:
+    """``P = clip(P_base + gamma * dH, 0, 1)``."""
+    return min(1.0, max(0.0, p_base + gamma * delta_h))
+
+
+def delta_h(
+    response_entropies: Sequence[float], coordinate_entropies: Sequence[float], base_tokens: int, window: int
+) -> float:
+    """``dH = H_tool - H_base`` of one zoom call (nats)."""
+    return h_tool(coordinate_entropies, window) - h_base(response_entropies, base_tokens)
+
+
+def plan_forks(
+    delta_hs: Sequence[float],
+    num_forks: int,
+    *,
+    p_base: float,
+    gamma: float,
+    threshold: float,
+    rng,
+) -> list[int | None]:
+    """Choose the fork point of each of ``num_forks`` forks among candidate zoom calls.
+
+    ``delta_hs[c]`` is candidate ``c``'s ``dH``; ``rng`` has ``random()`` (``random.Random``).
+    Candidates with ``dH > threshold`` qualify and each is chosen with probability
+    ``branch_probability(dH, p_base, gamma)``. Forks are dealt round-robin over the chosen points,
+    highest ``dH`` first. Fallback when none is chosen: the candidates by decreasing ``dH`` (random
+    order among ties), so the budget still explores where the model was least sure. Entries are
+    ``None`` (a fresh, unforked sample) only when there is no candidate at all.
+    """
+    if num_forks <= 0:
+        return []
+    order = sorted(range(len(delta_hs)), key=lambda c: (-delta_hs[c], rng.random()))
+    chosen = [
+        c for c in order if delta_hs[c] > threshold and rng.random() < branch_probability(delta_hs[c], p_base, gamma)
+    ]
+    pool = chosen or order
+    if not pool:
+        return [None] * num_forks
+    return [pool[i % len(pool)] for i in range(num_forks)]

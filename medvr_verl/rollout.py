@@ -1,0 +1,417 @@
+"""Rollout managers and workers that keep each prompt's group together (veRL ``AgentLoopManager``).
+
+Select with ``actor_rollout_ref.rollout.agent.agent_loop_manager_class=medvr_verl.rollout.GroupAgentLoopManager``.
+
+veRL's stock manager cuts the batch into equal chunks, one per worker, so the ``rollout.n`` samples of a
+prompt may land on two workers, and the stock worker scores every trajectory alone as it finishes.
+:class:`GroupAgentLoopManager` cuts only between groups (runs of equal ``uid``), and
+:class:`GroupAgentLoopWorker` holds each finished trajectory until its whole group has finished, then
+asks the reward loop once for the group (``meta_info["medvr_group"]``, see
+:mod:`medvr_verl.reward_manager`): no cross-process rendezvous and no waiting on timeouts.
+Group reward statistics reach veRL's step metrics through the manager's timing dict
+(``timing_s/medvr/...``, the one channel veRL 0.9.1 opens from rollout to the logger).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import os
+import random
+from collections import Counter
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import ray
+import torch
+from tensordict import TensorDict
+from verl.experimental.agent_loop.agent_loop import (
+    AgentLoopManager,
+    AgentLoopOutput,
+    AgentLoopWorker,
+    _agent_loop_registry,
+)
+from verl.protocol import DataProto
+from verl.utils.ray_utils import auto_await
+from verl.utils.skip import SkipManager
+
+from medvr_verl.agent_loop import RUNTIME_KWARGS, TRAJECTORY_STORE, MedVRAgentLoop
+from medvr_verl.entropy import delta_h, plan_forks
+from medvr_verl.reward_manager import GROUP_META_KEY, GROUP_REWARDS_KEY
+
+EVR_SLOT_KEY = "medvr_evr_slot"
+# Per-sample kwargs that only make sense inside this worker process.
+_PROCESS_LOCAL_KWARGS = frozenset(RUNTIME_KWARGS) | {EVR_SLOT_KEY}
+
+WORKER_STATS_KEY = "medvr_worker_stats"
+"""meta_info key of a worker's step statistics: ``{name: [values]}``, merged by the manager."""
+
+logger = logging.getLogger(__name__)
+logger.setLevel(os.getenv("VERL_LOGGING_LEVEL", "WARN"))
+
+# Reward statistics of a step, logged as timing_s/medvr/<name>/mean.
+_REWARD_STATS = ("acc", "format", "tool_reward", "cca_iou", "cca_quorum_size", "num_zoom", "num_zoom_invalid")
+
+
+def group_spans(uids: np.ndarray) -> list[tuple[int, int]]:
+    """``[start, end)`` of each run of equal uids, in order."""
+    spans, start = [], 0
+    for i in range(1, len(uids) + 1):
+        if i == len(uids) or uids[i] != uids[start]:
+            spans.append((start, i))
+            start = i
+    return spans
+
+
+def split_groups(uids: np.ndarray, num_workers: int) -> list[tuple[int, int]]:
+    """Cut ``[0, len(uids))`` into ``num_workers`` contiguous ranges at group boundaries.
+
+    Greedy on sample counts: worker k gets groups until it reaches ``(k + 1) / num_workers`` of the
+    batch. Ranges may be empty when there are fewer groups than workers.
+    """
+    spans = group_spans(uids)
+    total = len(uids)
+    bounds, k = [0], 1
+    for _, end in spans:
+        while k < num_workers and end >= total * k / num_workers:
+            bounds.append(end)
+            k += 1
+    bounds += [total] * (num_workers + 1 - len(bounds))
+    return [(bounds[i], bounds[i + 1]) for i in range(num_workers)]
+
+
+class _PendingGroup:
+    def __init__(self, size: int):
+        self.size = size
+        self.members: list[tuple[AgentLoopOutput, dict]] = []
+        self.done = asyncio.Event()
+        self.error: BaseException | None = None
+
+
+class GroupAgentLoopWorker(AgentLoopWorker):
+    """``AgentLoopWorker`` that scores the trajectories of one ``uid`` together, in one reward call."""
+
+    async def generate_sequences(self, batch: DataProto) -> DataProto:
+        uids = batch.non_tensor_batch.get("uid")
+        if not hasattr(self, "_pending"):
+            self._pending: dict[str, _PendingGroup] = {}
+        if uids is not None and self.reward_loop_worker_handles is not None:
+            # uids are fresh per step (veRL draws uuid4s), so groups of concurrent calls never collide.
+            self._pending.update({uid: _PendingGroup(count) for uid, count in Counter(uids.tolist()).items()})
+        return await super().generate_sequences(batch)
+
+    async def _compute_score(self, outputs: list[AgentLoopOutput], kwargs: dict) -> None:
+        group = getattr(self, "_pending", {}).get(kwargs.get("uid"))
+        if group is None or outputs[-1].reward_score is not None:
+            return await super()._compute_score(outputs, kwargs)
+        group.members.append((outputs[-1], kwargs))
+        if len(group.members) == group.size:
+            try:
+                await self._score_group(group.members)
+            except BaseException as e:  # every waiting member must see the failure, not hang
+                group.error = e
+            group.done.set()
+            self._pending.pop(kwargs.get("uid"), None)
+        await group.done.wait()
+        if group.error is not None:
+            raise group.error
+
+    async def _score_group(self, members: list[tuple[AgentLoopOutput, dict]]) -> None:
+        data = self._group_data(members)
+        handle = random.choice(self.reward_loop_worker_handles)
+        result = await handle.compute_score.remote(data)
+        per_member = result.get(GROUP_REWARDS_KEY)
+        if per_member is None or len(per_member) != len(members):
+            raise RuntimeError(
+                "the reward manager did not return per-member rewards for a group; "
+                "GroupAgentLoopManager needs reward.reward_manager.name=medvr_cca"
+            )
+        for (output, _), member in zip(members, per_member):
+            output.reward_score = member["reward_score"]
+            output.extra_fields["reward_extra_info"] = member["reward_extra_info"]
+
+    @staticmethod
+    def _group_data(members: list[tuple[AgentLoopOutput, dict]]) -> DataProto:
+        """The group as veRL's reward loop expects it: left-padded prompts, right-padded responses.
+
+        No ``multi_modal_inputs``: rewards read text and tool records, never pixels, so the processor
+        is not run again for scoring.
+        """
+        prompt_len = max(len(o.prompt_ids) for o, _ in members)
+        response_len = max(len(o.response_ids) for o, _ in members)
+        n = len(members)
+        prompts = torch.zeros((n, prompt_len), dtype=torch.int64)
+        responses = torch.zeros((n, response_len), dtype=torch.int64)
+        attention_mask = torch.zeros((n, prompt_len + response_len), dtype=torch.int64)
+        for i, (o, _) in enumerate(members):
+            p, r = len(o.prompt_ids), len(o.response_ids)
+            prompts[i, prompt_len - p :] = torch.tensor(o.prompt_ids, dtype=torch.int64)
+            responses[i, :r] = torch.tensor(o.response_ids, dtype=torch.int64)
+            attention_mask[i, prompt_len - p : prompt_len + r] = 1
+        batch = TensorDict({"prompts": prompts, "responses": responses, "attention_mask": attention_mask}, batch_size=n)
+        keys = set().union(*(kw.keys() for _, kw in members)) - _PROCESS_LOCAL_KWARGS
+        non_tensor: dict[str, Any] = {}
+        for key in keys:
+            column = np.empty(n, dtype=object)
+            column[:] = [kw.get(key) for _, kw in members]
+            non_tensor[key] = column
+        extra = np.empty(n, dtype=object)
+        extra[:] = [o.extra_fields for o, _ in members]
+        non_tensor["tool_extra_fields"] = extra
+        non_tensor["__num_turns__"] = np.array([o.num_turns for o, _ in members])
+        return DataProto(batch=batch, non_tensor_batch=non_tensor, meta_info={GROUP_META_KEY: True})
+
+
+class GroupAgentLoopManager(AgentLoopManager):
+    """``AgentLoopManager`` that never splits a ``uid`` group across workers."""
+
+    worker_cls: type[AgentLoopWorker] = GroupAgentLoopWorker
+
+    def __init__(self, *args, **kwargs):
+        if not hasattr(self, "agent_loop_workers_class"):
+            self.agent_loop_workers_class = ray.remote(self.worker_cls)
+        super().__init__(*args, **kwargs)
+
+    @auto_await
+    @SkipManager.annotate(role="rollout")
+    async def generate_sequences(self, prompts: DataProto) -> DataProto:
+        if "priority" not in prompts.non_tensor_batch:
+            prompts.non_tensor_batch["priority"] = np.arange(len(prompts), dtype=np.int64)
+        if "uid" in prompts.non_tensor_batch:
+            ranges = split_groups(prompts.non_tensor_batch["uid"], len(self.agent_loop_workers))
+        else:
+            step = -(-len(prompts) // len(self.agent_loop_workers))
+            ranges = [
+                (min(i * step, len(prompts)), min((i + 1) * step, len(prompts)))
+                for i in range(len(self.agent_loop_workers))
+            ]
+        jobs = [
+            (worker, prompts.slice(start, end))
+            for worker, (start, end) in zip(self.agent_loop_workers, ranges, strict=True)
+            if end > start
+        ]
+        outputs = await asyncio.gather(*[worker.generate_sequences.remote(chunk) for worker, chunk in jobs])
+        worker_stats = [o.meta_info.pop(WORKER_STATS_KEY, {}) for o in outputs]
+        output = DataProto.concat(outputs)
+        metrics = [o.meta_info.pop("metrics") for o in outputs]
+        timing = self._performance_metrics(metrics, output)
+        timing.update(reward_statistics(output))
+        timing.update(merge_worker_stats(worker_stats))
+        output.meta_info = {"timing": timing, **outputs[0].meta_info}
+        return output
+
+
+def reward_statistics(output: DataProto) -> dict[str, float]:
+    """Means of the ``medvr_cca`` extra info over a step's trajectories, keyed ``medvr/<name>/mean``."""
+    stats = {}
+    for name in _REWARD_STATS:
+        values = output.non_tensor_batch.get(name)
+        if values is not None and len(values):
+            stats[f"medvr/{name}/mean"] = float(np.mean(values.astype(np.float64)))
+    partial = output.non_tensor_batch.get("cca_partial_group")
+    if partial is not None and len(partial):
+        stats["medvr/cca_partial_group/count"] = float(np.sum(partial.astype(np.float64)))
+    return stats
+
+
+def merge_worker_stats(per_worker: list[dict[str, list[float]]]) -> dict[str, float]:
+    """Workers' ``{name: [values]}`` into ``medvr/<name>/{mean,max,sum}`` over the whole step."""
+    merged: dict[str, list[float]] = {}
+    for stats in per_worker:
+        for name, values in stats.items():
+            merged.setdefault(name, []).extend(values)
+    out = {}
+    for name, values in merged.items():
+        if values:
+            out[f"medvr/{name}/mean"] = float(np.mean(values))
+            out[f"medvr/{name}/max"] = float(np.max(values))
+            out[f"medvr/{name}/sum"] = float(np.sum(values))
+    return out
+
+
+# --------------------------------------------------------------------------------------------------
+# EVR: Entropy-guided Visual Regrounding
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class EVRSettings:
+    """``actor_rollout_ref.rollout.custom.evr``: the paper's EVR switches (defaults: ours, see README)."""
+
+    enable: bool = True
+    gamma: float = 0.5
+    """Slope of the branch probability in ``dH`` (nats); 0 gives random branching at ``p_base``."""
+    p_base: float = 0.2
+    threshold: float = 0.1
+    """``dH`` (nats) above which a zoom call qualifies as a fork point."""
+    base_tokens: int = 32
+    """``H_base``: mean entropy of this many first response tokens."""
+    tool_window: int = 4
+    """``H_tool``: rolling window (tokens) over a zoom call's coordinate tokens."""
+    top_k: int = 20
+    """Logprobs per token the ``medvr_vllm`` server asks the engine for."""
+    seed: int | None = None
+
+    def __post_init__(self):
+        if not 0.0 <= self.p_base <= 1.0:
+            raise ValueError(f"rollout.custom.evr.p_base must lie in [0, 1], got {self.p_base}")
+        if self.gamma < 0 or not math.isfinite(self.gamma):
+            raise ValueError(f"rollout.custom.evr.gamma must be a finite number >= 0, got {self.gamma}")
+        for name in ("base_tokens", "tool_window", "top_k"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"rollout.custom.evr.{name} must be >= 1, got {getattr(self, name)}")
+
+    @classmethod
+    def from_config(cls, config) -> EVRSettings:
+        custom = config.actor_rollout_ref.rollout.get("custom", None) or {}
+        evr = dict(custom.get("evr", None) or {})
+        unknown = set(evr) - set(cls.__dataclass_fields__)
+        if unknown:
+            raise ValueError(
+                f"unknown rollout.custom.evr options {sorted(unknown)}; known: {sorted(cls.__dataclass_fields__)}"
+            )
+        return cls(**evr)
+
+
+class _EVRGroup:
+    """One prompt's budget: ``num_base`` base samples first, then forks from their zoom calls."""
+
+    def __init__(self, uid: str, size: int):
+        self.size = size
+        self.num_base = math.ceil(size / 2)
+        self.base_keys = [f"{uid}/base{i}" for i in range(self.num_base)]
+        self.plan: asyncio.Task | None = None
+
+
+def _fork_candidates(base_states, settings: EVRSettings) -> list[tuple[int, int, float, int]]:
+    """``(base, call, dH, prefix tokens)`` for every zoom call of the base trajectories."""
+    candidates = []
+    for b, state in enumerate(base_states):
+        turns = state.extra_fields.get("medvr_turns", [])
+        first = turns[0]["entropy"] if turns and turns[0]["entropy"] is not None else None
+        for c, call in enumerate(state.extra_fields.get("medvr_tool_calls", [])):
+            entropy = turns[call["turn"]]["entropy"]
+            if first is None or entropy is None:
+                dh = 0.0  # no entropies from the server: every point ties, forks spread over them
+            else:
+                offset = call["turn_start"]
+                coords = entropy[call["coord_start"] - offset : call["coord_end"] - offset]
+                dh = delta_h(first, coords, settings.base_tokens, settings.tool_window)
+            candidates.append((b, c, dh, call["coord_start"]))
+    return candidates
+
+
+class EVRAgentLoopWorker(GroupAgentLoopWorker):
+    """Runs ``ceil(M/2)`` base trajectories per prompt, then ``M - ceil(M/2)`` forks from their zoom calls.
+
+    Needs ``medvr_agent`` (it records the fork points). Validation batches (``meta_info["validate"]``),
+    groups of one, and other agent loops run unforked.
+    """
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.evr = EVRSettings.from_config(self.config)
+        self._rng = random.Random(self.evr.seed)
+        self._evr_groups: dict[str, _EVRGroup] = {}
+        self._evr_stats: dict[str, list[float]] = {}
+
+    async def generate_sequences(self, batch: DataProto) -> DataProto:
+        uids = batch.non_tensor_batch.get("uid")
+        if not self.evr.enable or batch.meta_info.get("validate", False) or uids is None:
+            return await super().generate_sequences(batch)
+
+        agent_names = batch.non_tensor_batch.get("agent_name")
+        slots, seen = np.zeros(len(batch), dtype=np.int64), Counter()
+        groups = {}
+        for i, uid in enumerate(uids.tolist()):
+            slots[i] = seen[uid]
+            seen[uid] += 1
+        for uid, size in seen.items():
+            rows = [i for i in range(len(batch)) if uids[i] == uid]
+            name = agent_names[rows[0]] if agent_names is not None else self.rollout_config.agent.default_agent_loop
+            if size > 1 and _is_medvr_agent(name):
+                groups[uid] = _EVRGroup(uid, size)
+            elif size > 1:
+                logger.warning("EVR needs agent loop 'medvr_agent'; group %s uses %r and runs unforked", uid, name)
+        for group in groups.values():
+            for key in group.base_keys:
+                TRAJECTORY_STORE.expect(key)
+        self._evr_groups.update(groups)
+        self._evr_stats = {}
+        batch.non_tensor_batch[EVR_SLOT_KEY] = slots
+        try:
+            output = await super().generate_sequences(batch)
+        finally:
+            batch.non_tensor_batch.pop(EVR_SLOT_KEY, None)
+            for uid, group in groups.items():
+                for key in group.base_keys:
+                    TRAJECTORY_STORE.discard(key)
+                self._evr_groups.pop(uid, None)
+        output.non_tensor_batch.pop(EVR_SLOT_KEY, None)
+        output.meta_info[WORKER_STATS_KEY] = self._evr_stats
+        return output
+
+    async def _run_agent_loop(self, sampling_params, trajectory, *, agent_name, trace=True, **kwargs):
+        slot = kwargs.pop(EVR_SLOT_KEY, None)
+        group = self._evr_groups.get(kwargs.get("uid")) if slot is not None else None
+        if group is None:
+            return await super()._run_agent_loop(
+                sampling_params, trajectory, agent_name=agent_name, trace=trace, **kwargs
+            )
+        if slot < group.num_base:
+            kwargs["medvr_publish_key"] = group.base_keys[slot]
+        else:
+            if group.plan is None:
+                group.plan = asyncio.ensure_future(self._plan_group(group))
+            choice = (await asyncio.shield(group.plan))[slot - group.num_base]
+            if choice is not None:
+                base, call = choice
+                kwargs["medvr_fork"] = {"source": group.base_keys[base], "call": call}
+        return await super()._run_agent_loop(sampling_params, trajectory, agent_name=agent_name, trace=trace, **kwargs)
+
+    async def _plan_group(self, group: _EVRGroup) -> list[tuple[int, int] | None]:
+        """Wait for the base trajectories, then pick each fork's ``(base, call)`` (``None``: fresh)."""
+        states = await asyncio.gather(*[TRAJECTORY_STORE.expect(key) for key in group.base_keys])
+        candidates = _fork_candidates(states, self.evr)
+        num_forks = group.size - group.num_base
+        plan = plan_forks(
+            [c[2] for c in candidates],
+            num_forks,
+            p_base=self.evr.p_base,
+            gamma=self.evr.gamma,
+            threshold=self.evr.threshold,
+            rng=self._rng,
+        )
+        stats = self._evr_stats
+        stats.setdefault("evr/delta_h", []).extend(c[2] for c in candidates)
+        stats.setdefault("evr/fork_rate", []).append(sum(p is not None for p in plan) / max(num_forks, 1))
+        stats.setdefault("evr/qualified_points", []).append(sum(c[2] > self.evr.threshold for c in candidates))
+        for p in plan:
+            if p is not None:
+                depth = candidates[p][3]
+                stats.setdefault("evr/fork_depth_tokens", []).append(depth)
+                prefix = states[candidates[p][0]].extra_fields["medvr_tool_calls"][candidates[p][1]]["fork_prefix_len"]
+                stats.setdefault("evr/prefix_tokens_reused", []).append(prefix)
+        return [None if p is None else (candidates[p][0], candidates[p][1]) for p in plan]
+
+
+class EVRAgentLoopManager(GroupAgentLoopManager):
+    """``AgentLoopManager`` for MedVR's EVR rollout; select it with
+    ``actor_rollout_ref.rollout.agent.agent_loop_manager_class=medvr_verl.rollout.EVRAgentLoopManager``."""
+
+    worker_cls = EVRAgentLoopWorker
+
+
+def _is_medvr_agent(agent_name) -> bool:
+    entry = _agent_loop_registry.get(str(agent_name))
+    if entry is None:
+        return False
+    target = entry.get("_target_", "")
+    try:
+        from verl.utils.import_utils import load_class_from_fqn
+
+        return issubclass(load_class_from_fqn(target, "agent loop"), MedVRAgentLoop)
+    except Exception:
+        return False

@@ -1,0 +1,500 @@
+"""Answer extraction, format reward and accuracy for medical VQA. Pure: no veRL, no torch.
+
+A response looks like::
+
+    <think>...</think><tool_call>{"name": "zoom_in", ...}</tool_call>
+    user
+    <tool_response>
+    ...
+    </tool_response>
+    assistant
+    <think>...</think><answer>B</answer>
+
+(a multi-turn response decoded with special tokens skipped: the role words of the chat template
+stay between turns). All scanning is ``str.find``-based and linear in the text length; there is no
+regex that could backtrack on adversarial model output.
+
+:func:`compute_score` is a plain callable usable as veRL's ``custom_reward_function``.
+"""
+
+from __future__ import annotations
+
+import string
+from collections.abc import Mapping, Sequence
+
+__all__ = [
+    "QUESTION_TYPES",
+    "accuracy",
+    "compute_score",
+    "extract_answer",
+    "format_reward",
+    "infer_question_type",
+    "normalize_text",
+    "score_closed",
+    "score_multiple_choice",
+    "score_open",
+]
+
+QUESTION_TYPES = ("multiple_choice", "closed", "open")
+
+_ANSWER_OPEN, _ANSWER_CLOSE = "<answer>", "</answer>"
+_THINK_OPEN, _THINK_CLOSE = "<think>", "</think>"
+_TOOL_RESPONSE_CLOSE = "</tool_response>"
+_TOOL_CALL_OPEN = "<tool_call>"
+# Chat-template pieces that may sit between a tool response and the next assistant turn, or at the
+# very end, depending on whether special tokens were skipped while decoding.
+_TURN_HEADER = ("<|im_end|>", "<|im_start|>", "assistant")
+_END_MARKERS = ("<|im_end|>", "<|endoftext|>")
+
+# ----------------------------------------------------------------------------------------------
+# Extraction and format
+# ----------------------------------------------------------------------------------------------
+
+
+def extract_answer(text: str | None) -> str | None:
+    """Stripped content of the last ``<answer>...</answer>``.
+
+    The last ``<answer>`` opening counts; None when there is none or when it is never closed (a
+    truncated final answer does not fall back to an earlier one).
+    """
+    if not isinstance(text, str):
+        return None
+    start = text.rfind(_ANSWER_OPEN)
+    if start < 0:
+        return None
+    start += len(_ANSWER_OPEN)
+    end = text.find(_ANSWER_CLOSE, start)
+    if end < 0:
+        return None
+    return text[start:end].strip()
+
+
+def _final_segment(text: str) -> str:
+    """The last assistant turn: text after the last ``</tool_response>`` with the chat template's
+    turn header (``assistant`` and, if not skipped, ``<|im_end|>``/``<|im_start|>``) removed, and
+    trailing end-of-turn markers removed; the whole text when there was no tool response."""
+    cut = text.rfind(_TOOL_RESPONSE_CLOSE)
+    segment = text if cut < 0 else text[cut + len(_TOOL_RESPONSE_CLOSE) :]
+    segment = segment.strip()
+    if cut >= 0:
+        segment = _strip_markers(segment, _TURN_HEADER, front=True)
+    return _strip_markers(segment, _END_MARKERS, front=False)
+
+
+def _strip_markers(segment: str, markers: tuple[str, ...], *, front: bool) -> str:
+    """Remove up to 4 of ``markers`` (and whitespace) from one end of ``segment``.
+
+    Bounded on purpose: each removal copies the string, and a response stuffed with thousands of
+    markers must not cost quadratic time (it fails the format check anyway).
+    """
+    for _ in range(4):
+        for marker in markers:
+            if front and segment.startswith(marker):
+                segment = segment[len(marker) :].lstrip()
+                break
+            if not front and segment.endswith(marker):
+                segment = segment[: -len(marker)].rstrip()
+                break
+        else:
+            break
+    return segment
+
+
+def format_reward(text: str | None) -> float:
+    """1.0 when the response ends in a well-formed final turn, else 0.0.
+
+    Rule:
+
+    - the whole text holds exactly one ``<answer>`` and one ``</answer>`` (no stray answer tags in
+      earlier turns or inside the final one);
+    - the final segment is the text after the last ``</tool_response>`` (the whole text when the
+      model never called a tool), less the chat template's turn header (``assistant``) and a
+      trailing ``<|im_end|>``/``<|endoftext|>`` if special tokens were kept;
+    - that segment is exactly ``<think>T</think>`` then ``<answer>A</answer>``, with only
+      whitespace before, between and after; ``T`` holds no think tags (it may be empty); ``A`` is
+      not blank; the segment holds no ``<tool_call>`` (a final turn does not call tools).
+
+    Earlier turns are not checked here: their tool calls are validated by the tool itself.
+    """
+    if not isinstance(text, str):
+        return 0.0
+    if text.count(_ANSWER_OPEN) != 1 or text.count(_ANSWER_CLOSE) != 1:
+        return 0.0
+    segment = _final_segment(text)
+    if _TOOL_CALL_OPEN in segment or not segment.startswith(_THINK_OPEN):
+        return 0.0
+    think_end = segment.find(_THINK_CLOSE)
+    if think_end < 0 or _THINK_OPEN in segment[len(_THINK_OPEN) : think_end]:
+        return 0.0
+    rest = segment[think_end + len(_THINK_CLOSE) :].lstrip()
+    if not (rest.startswith(_ANSWER_OPEN) and rest.endswith(_ANSWER_CLOSE)):
+        return 0.0
+    answer = rest[len(_ANSWER_OPEN) : -len(_ANSWER_CLOSE)]
+    if not answer.strip() or _THINK_OPEN in answer or _THINK_CLOSE in answer:
+        return 0.0
+    return 1.0
+
+
+# ----------------------------------------------------------------------------------------------
+# Normalization
+# ----------------------------------------------------------------------------------------------
+
+_ARTICLES = frozenset({"a", "an", "the"})
+# Punctuation becomes a space so "t2-weighted" and "t2 weighted" agree; apostrophes vanish so
+# "patient's" is one token. Common Unicode quotes and dashes too.
+_PUNCT_TABLE = str.maketrans(
+    {
+        **{ch: " " for ch in string.punctuation if ch != "'"},
+        "'": "",
+        "\u2019": "",
+        "\u2018": "",
+        **{ch: " " for ch in "\u201c\u201d\u2013\u2014\u2026\u00b7"},
+    }
+)
+
+
+def _tokens(text: str) -> list[str]:
+    """Lowercase, punctuation -> space, split, drop articles a/an/the."""
+    return [t for t in text.lower().translate(_PUNCT_TABLE).split() if t not in _ARTICLES]
+
+
+def normalize_text(text: str) -> str:
+    """VQA-style normalization: lowercase, strip punctuation, drop articles (a, an, the),
+    collapse whitespace. ``"The X-ray."`` -> ``"x ray"``."""
+    return " ".join(_tokens(text))
+
+
+# ----------------------------------------------------------------------------------------------
+# Multiple choice
+# ----------------------------------------------------------------------------------------------
+
+_LETTERS = string.ascii_uppercase
+# Lead-ins stripped before reading a letter: "The answer is (B)", "Option B", "Answer: B".
+_LEAD_INS = (
+    "the correct answer is",
+    "the correct option is",
+    "the answer is",
+    "correct answer:",
+    "correct answer",
+    "answer is",
+    "answer:",
+    "answer",
+    "option",
+    "choice",
+)
+_STRONG_AFTER = ".:)"  # a letter followed by one of these is unmistakably a choice ("B." "B:")
+_CLOSE_FOR = {"(": ")", "[": "]"}
+_CONJUNCTIONS = frozenset({"and", "or", "&"})
+
+
+def _strip_lead_ins(text: str) -> str:
+    """Remove leading phrases like 'The answer is' / 'Option' (case-insensitive, whole words)."""
+    for _ in range(3):  # "Answer: option B" needs two rounds; bounded
+        lowered = text.lower()
+        for lead in _LEAD_INS:
+            if lowered.startswith(lead):
+                after = text[len(lead) :]
+                if not after or not after[0].isalnum():
+                    text = after.lstrip(" \t\n:-")
+                    break
+        else:
+            break
+    return text
+
+
+def _options_map(options: Mapping | Sequence | None) -> dict[str, str]:
+    """Options as ``{LETTER: normalized text}``; list options get A, B, ... in order.
+
+    Dict keys like "a", "(A)", "A." become "A"; None values (parquet structs fill absent letters
+    with None) are dropped. An option text that starts with its own letter marker ("A: CT",
+    PMC-VQA style) loses it.
+    """
+    if options is None:
+        return {}
+    if isinstance(options, Mapping):
+        pairs = [(str(k).strip().strip("().:[] ").upper(), v) for k, v in options.items() if v is not None]
+    else:
+        items = list(options)
+        if len(items) > len(_LETTERS):
+            raise ValueError(f"at most {len(_LETTERS)} options are supported, got {len(items)}")
+        pairs = list(zip(_LETTERS, items))
+    out: dict[str, str] = {}
+    for letter, text in pairs:
+        text = str(text).strip()
+        parsed = _leading_letter(text, {letter})
+        if parsed is not None and parsed[2] and parsed[1]:
+            text = parsed[1]
+        out[letter] = normalize_text(text)
+    return out
+
+
+def _leading_letter(text: str, letters: set[str] | frozenset[str]) -> tuple[str, str, bool] | None:
+    """Read a choice letter at the start of ``text``.
+
+    Returns ``(LETTER, rest, strong)`` or None. Strong forms leave no doubt that a letter was
+    meant: "(B)", "[B]", "B", "B.", "B:", "B)" with anything after. A letter followed by a space
+    and more text ("B MRI", but also "A CT scan", where "A" is an article) is weak: it only counts
+    when the rest names that same option.
+    """
+    if not text:
+        return None
+    if text[0] in _CLOSE_FOR:
+        if len(text) >= 3 and text[2] == _CLOSE_FOR[text[0]] and text[1].upper() in letters:
+            return text[1].upper(), text[3:].strip(), True
+        return None
+    letter = text[0].upper()
+    if letter not in letters or not text[0].isascii():
+        return None
+    if len(text) == 1:
+        return letter, "", True
+    nxt = text[1]
+    if nxt in _STRONG_AFTER:
+        return letter, text[2:].strip(), True
+    if nxt.isspace():
+        rest = text[1:].strip()
+        # "B - MRI" / "B : MRI": a separator after the space is as clear as "B:".
+        if rest[:1] in "-:":
+            return letter, rest[1:].strip(), True
+        return letter, rest, False
+    return None
+
+
+def _only_letters(text: str, letters: set[str] | frozenset[str]) -> bool:
+    """True when ``text`` is nothing but more choice letters ("B", "and (C)", ", D.")."""
+    words = [w for w in text.translate(_PUNCT_TABLE).split() if w.lower() not in _CONJUNCTIONS]
+    return bool(words) and all(len(w) == 1 and w.upper() in letters for w in words)
+
+
+def _resolve_choice(text: str, options: dict[str, str]) -> str | None:
+    """The option letter that ``text`` denotes, or None (unreadable, ambiguous or several).
+
+    ``options`` maps letters to normalized texts; when empty, any letter A-Z is accepted and text
+    matching is impossible.
+    """
+    letters = set(options) if options else set(_LETTERS)
+    body = _strip_lead_ins(text.strip())
+    parsed = _leading_letter(body, letters)
+    if parsed is not None:
+        letter, rest, strong = parsed
+        rest_norm = normalize_text(rest)
+        if not rest_norm or rest_norm == options.get(letter):
+            return letter
+        if _only_letters(rest, letters):
+            return None  # "A, B" / "(A) and (C)": several letters is a wrong answer
+        if strong:
+            named = [k for k, v in options.items() if v == rest_norm and k != letter]
+            return None if named else letter  # "B: CT" when CT is option A contradicts itself
+        # Weak: fall through and read the whole text as an option's text.
+    wanted = {normalize_text(body), normalize_text(text)}
+    matches = [k for k, v in options.items() if v and v in wanted]
+    return matches[0] if len(matches) == 1 else None
+
+
+def score_multiple_choice(pred: str, gt: str, options: Mapping[str, object] | Sequence[object] | None) -> float:
+    """1.0 when ``pred`` and ``gt`` denote the same option, else 0.0.
+
+    Args:
+        pred: the model's answer: a letter ("B", "(B)", "B.", "Option B", "The answer is B",
+            "B: MRI") or an option's text (case- and punctuation-insensitive).
+        gt: a letter or an option's text.
+        options: dict letter -> text ({"A": "CT", "B": "MRI"}), or a list (letters A, B, ... in
+            order), or None (letters only).
+
+    A prediction naming several letters ("A, B", "A and C", "AB") is wrong; so is a letter whose
+    attached text names a different option ("B: CT" when CT is option A). When ``gt`` resolves to
+    no option, normalized texts are compared.
+    """
+    if pred is None or gt is None:
+        return 0.0
+    opts = _options_map(options)
+    gt_letter = _resolve_choice(str(gt), opts)
+    if gt_letter is None:
+        return float(normalize_text(str(pred)) == normalize_text(str(gt)) != "")
+    return float(_resolve_choice(str(pred), opts) == gt_letter)
+
+
+# ----------------------------------------------------------------------------------------------
+# Closed (yes/no) and open questions
+# ----------------------------------------------------------------------------------------------
+
+_YES_NO = frozenset({"yes", "no"})
+
+
+def score_closed(pred: str, gt: str) -> float:
+    """Yes/no questions (VQA-RAD, SLAKE, PathVQA closed).
+
+    Both are normalized (:func:`normalize_text`) and their first words compared: "Yes, there is a
+    mass." matches "yes". Only yes/no count (not true/false). A prediction whose first word is not
+    yes/no is wrong. If ``gt`` itself does not start with yes/no, the normalized texts must be
+    equal.
+    """
+    if pred is None or gt is None:
+        return 0.0
+    gt_tokens = _tokens(str(gt))
+    pred_tokens = _tokens(str(pred))
+    if gt_tokens and gt_tokens[0] in _YES_NO:
+        return float(bool(pred_tokens) and pred_tokens[0] == gt_tokens[0])
+    return float(bool(gt_tokens) and pred_tokens == gt_tokens)
+
+
+def _contains_run(haystack: list[str], needle: list[str]) -> bool:
+    """True when ``needle`` occurs as a contiguous run of tokens in ``haystack``."""
+    n = len(needle)
+    first = needle[0]
+    for i in range(len(haystack) - n + 1):  # haystack is short: bounded by the length rule
+        if haystack[i] == first and haystack[i : i + n] == needle:
+            return True
+    return False
+
+
+def score_open(pred: str, gt: str) -> float:
+    """Open-ended answers, exact match with a bounded recall rule.
+
+    Both sides are normalized (lowercase, punctuation, articles a/an/the, whitespace). Score 1.0
+    when the token lists are equal; else 1.0 when the ground truth's tokens appear as a contiguous
+    run in the prediction *and* the prediction has at most ``max(2 * g, g + 3)`` tokens for ``g``
+    ground-truth tokens ("left lung" in "mass in left lung"). This is the recall-style check of
+    LLaVA-Med / MedVLM-R1 evaluators, bounded so that listing many candidates does not pay.
+    Else 0.0.
+    """
+    if pred is None or gt is None:
+        return 0.0
+    gt_tokens = _tokens(str(gt))
+    pred_tokens = _tokens(str(pred))
+    if not gt_tokens or not pred_tokens:
+        return 0.0
+    if pred_tokens == gt_tokens:
+        return 1.0
+    g = len(gt_tokens)
+    if len(pred_tokens) > max(2 * g, g + 3):
+        return 0.0
+    return float(_contains_run(pred_tokens, gt_tokens))
+
+
+# ----------------------------------------------------------------------------------------------
+# Dispatch and the veRL entry point
+# ----------------------------------------------------------------------------------------------
+
+
+def _has_options(options: object) -> bool:
+    if options is None:
+        return False
+    try:
+        return len(options) > 0  # type: ignore[arg-type]
+    except TypeError:
+        return False
+
+
+def infer_question_type(gt: str, options: object = None) -> str:
+    """The question type to score ``gt`` with.
+
+    "multiple_choice" when options are given, "closed" when ``gt`` normalizes to exactly "yes" or
+    "no", else "open".
+    """
+    if _has_options(options):
+        return "multiple_choice"
+    if normalize_text(str(gt)) in _YES_NO:
+        return "closed"
+    return "open"
+
+
+def accuracy(
+    pred: str | None,
+    gt: str,
+    question_type: str | None,
+    options: Mapping[str, object] | Sequence[object] | None = None,
+) -> float:
+    """Accuracy of one prediction, 0.0 or 1.0.
+
+    Args:
+        pred: extracted answer; None (no answer) scores 0.0.
+        gt: ground truth.
+        question_type: "multiple_choice", "closed", "open", or None to infer it
+            (:func:`infer_question_type`).
+        options: the choices, for multiple choice.
+    Raises:
+        ValueError: unknown ``question_type``.
+    """
+    if question_type is None:
+        question_type = infer_question_type(gt, options)
+    if question_type not in QUESTION_TYPES:
+        raise ValueError(f"question_type must be one of {QUESTION_TYPES} or None, got {question_type!r}")
+    if pred is None:
+        return 0.0
+    if question_type == "multiple_choice":
+        return score_multiple_choice(pred, gt, options)
+    if question_type == "closed":
+        return score_closed(pred, gt)
+    return score_open(pred, gt)
+
+
+def _as_list(value: object) -> list:
+    """A ground truth or an option list as a plain list (numpy arrays from parquet included)."""
+    if value is None:
+        return []
+    if isinstance(value, (str, bytes)):
+        return [value]
+    tolist = getattr(value, "tolist", None)
+    if callable(tolist):
+        value = tolist()
+        if not isinstance(value, list):
+            return [value]
+    if isinstance(value, (list, tuple)):
+        return list(value)
+    return [value]
+
+
+def _clean_options(options: object) -> Mapping | list | None:
+    """Options from a dataset row: dict stays dict (None values dropped later), anything
+    array-like becomes a list, empty becomes None."""
+    if options is None:
+        return None
+    if isinstance(options, Mapping):
+        return options if any(v is not None for v in options.values()) else None
+    items = _as_list(options)
+    return items or None
+
+
+def compute_score(
+    data_source: str | None,
+    solution_str: str,
+    ground_truth: str | Sequence[str],
+    extra_info: Mapping[str, object] | None = None,
+    **kwargs: object,
+) -> dict:
+    """veRL ``custom_reward_function``: accuracy plus weighted format reward for one response.
+
+    Args:
+        data_source: dataset name (unused; the question type comes from ``extra_info``).
+        solution_str: the decoded response.
+        ground_truth: one answer or a list of acceptable answers (any match counts).
+        extra_info: may hold "question_type" and "options".
+        **kwargs: ``format_weight`` (default 1.0); anything else veRL passes is ignored.
+
+    Returns:
+        ``{"score": acc + format_weight * format, "acc": acc, "format": fmt, "pred": answer or ""}``
+    """
+    format_weight = float(kwargs.get("format_weight", 1.0))  # type: ignore[arg-type]
+    info = extra_info if isinstance(extra_info, Mapping) else {}
+    # Parquet/pandas rows may hold None or NaN for a missing type: anything but a non-empty str
+    # means "infer it".
+    raw_type = info.get("question_type")
+    question_type = raw_type if isinstance(raw_type, str) and raw_type else None
+    options = _clean_options(info.get("options"))
+
+    pred = extract_answer(solution_str)
+    fmt = format_reward(solution_str)
+    acc = 0.0
+    if pred is not None:
+        for gt in _as_list(ground_truth):
+            if gt is None:
+                continue
+            acc = max(acc, accuracy(pred, str(gt), question_type, options))
+            if acc >= 1.0:
+                break
+    return {
+        "score": acc + format_weight * fmt,
+        "acc": acc,
+        "format": fmt,
+        "pred": pred if pred is not None else "",
+    }

@@ -1,0 +1,407 @@
+"""Medical image I/O: open PNG/JPEG/TIFF/DICOM as 8-bit images, convert any Pillow mode to 8-bit.
+
+Pure Pillow + numpy; pydicom is an optional import (``pip install pydicom``), needed only for DICOM.
+Imports neither veRL nor torch.
+
+Conversion rules (shared by :func:`load_medical_image` and the zoom tool):
+
+* 8-bit modes keep their values: ``L`` and ``RGB`` pass through, ``1`` becomes 0/255, ``P`` is
+  expanded through its palette, ``CMYK`` / ``YCbCr`` / ``LAB`` / ``HSV`` / ``RGBX`` use Pillow's
+  conversions to RGB.
+* Alpha is composited on black: ``LA`` / ``RGBA`` / ``PA`` (and ``P`` with a ``transparency`` entry)
+  become ``value * alpha / 255``; premultiplied ``La`` / ``RGBa`` already are that, so their alpha
+  band is dropped.
+* High-bit-depth grayscale (``I;16``, ``I;16L``, ``I;16B``, ``I;16N``, ``I`` 32-bit int, ``F`` float32)
+  is windowed linearly to 0..255 by the intensity range ``(lo, hi)`` -- by default the min and max of
+  the finite values of the image passed in; the zoom tool passes the window of the *full* image so a
+  crop keeps the brightness mapping of the image it came from. NaN and -inf map to 0, +inf to 255. A
+  constant image (``hi == lo``) maps to 0 (black) -- no division by zero.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import os
+import threading
+import warnings
+from typing import Any, BinaryIO, Union
+
+import numpy as np
+from PIL import Image
+
+__all__ = [
+    "USE_PIL_LIMIT",
+    "ImageTooLargeError",
+    "check_pixel_budget",
+    "intensity_window",
+    "is_high_bit_depth",
+    "load_medical_image",
+    "resolve_pixel_limit",
+    "to_8bit",
+    "to_rgb8",
+    "window_to_uint8",
+]
+
+ImageSource = Union[str, "os.PathLike[str]", bytes, bytearray, memoryview, BinaryIO, Image.Image]
+
+_DICOM_SUFFIXES = (".dcm", ".dicom", ".dic")
+_ALPHA_MODES = ("LA", "PA", "RGBA")
+_PREMULTIPLIED_MODES = ("La", "RGBa")
+_PILLOW_TO_RGB_MODES = ("1", "P", "CMYK", "YCbCr", "LAB", "HSV", "RGBX")
+
+# Pillow's lazy ``load()`` of a file-backed image is not thread-safe; the zoom tool crops in worker
+# threads, so loads go through this lock (a no-op cost once an image is loaded).
+_LOAD_LOCK = threading.Lock()
+
+
+class ImageTooLargeError(ValueError):
+    """The image has more pixels than the configured limit (decompression-bomb guard)."""
+
+
+class _UsePilLimit:
+    """Sentinel type: use ``PIL.Image.MAX_IMAGE_PIXELS`` as read at call time."""
+
+    def __repr__(self) -> str:
+        return "USE_PIL_LIMIT"
+
+
+#: Default of every ``max_image_pixels`` argument: Pillow's own ``Image.MAX_IMAGE_PIXELS`` (read when
+#: the check runs, so changing Pillow's global changes the limit). ``None`` disables the check, as
+#: it does in Pillow.
+USE_PIL_LIMIT: Any = _UsePilLimit()
+
+
+def resolve_pixel_limit(max_image_pixels: Any = USE_PIL_LIMIT) -> int | None:
+    """The effective pixel limit: ``USE_PIL_LIMIT`` -> Pillow's current limit, ``None`` -> none."""
+    if max_image_pixels is USE_PIL_LIMIT or isinstance(max_image_pixels, _UsePilLimit):
+        limit = Image.MAX_IMAGE_PIXELS
+        return None if limit is None else int(limit)
+    if max_image_pixels is None:
+        return None
+    if isinstance(max_image_pixels, bool) or not isinstance(max_image_pixels, (int, float)):
+        raise TypeError(f"max_image_pixels must be an int or None, got {max_image_pixels!r}")
+    if not max_image_pixels > 0:
+        raise ValueError(f"max_image_pixels must be positive, got {max_image_pixels!r}")
+    return int(max_image_pixels)
+
+
+def check_pixel_budget(size: tuple[int, int], max_image_pixels: Any = USE_PIL_LIMIT) -> None:
+    """Raise :class:`ImageTooLargeError` when ``width * height`` exceeds the limit.
+
+    Only the size is looked at, so for a lazily opened file this runs before any pixel is decoded.
+    """
+    limit = resolve_pixel_limit(max_image_pixels)
+    width, height = int(size[0]), int(size[1])
+    if limit is not None and width * height > limit:
+        raise ImageTooLargeError(
+            f"image of {width}x{height} = {width * height} pixels exceeds the limit of {limit} pixels"
+        )
+
+
+def ensure_loaded(img: Image.Image) -> None:
+    """``img.load()`` under a process-wide lock (lazy file-backed loads are not thread-safe)."""
+    with _LOAD_LOCK:
+        img.load()
+
+
+# --------------------------------------------------------------------------------------------------
+# Mode conversion
+# --------------------------------------------------------------------------------------------------
+
+
+def is_high_bit_depth(mode: str) -> bool:
+    """True for the modes windowed to 8 bits: ``I``, ``F`` and every ``I;...`` raw integer mode."""
+    return mode in ("I", "F") or mode.startswith("I;")
+
+
+def _finite_range(arr: np.ndarray) -> tuple[float, float] | None:
+    if arr.size == 0:
+        return None
+    if arr.dtype.kind == "f":
+        finite = arr[np.isfinite(arr)]
+        if finite.size == 0:
+            return None
+        return float(finite.min()), float(finite.max())
+    return float(arr.min()), float(arr.max())
+
+
+def intensity_window(img: Image.Image) -> tuple[float, float] | None:
+    """Min and max of the finite pixel values of a single-band image; ``None`` when there are none.
+
+    Uses Pillow's ``getextrema`` (C, no copy) for ``I`` / ``I;16``; other modes go through numpy.
+    """
+    if img.mode in ("I", "I;16"):
+        try:
+            lo, hi = img.getextrema()
+            return float(lo), float(hi)
+        except Exception:  # pragma: no cover - fall through to numpy
+            pass
+    return _finite_range(np.asarray(img))
+
+
+def window_to_uint8(arr: np.ndarray, lo: float | None, hi: float | None) -> np.ndarray:
+    """Map ``[lo, hi]`` linearly to ``[0, 255]`` (clipped, rounded). Constant range -> zeros."""
+    out = np.zeros(arr.shape, dtype=np.uint8)
+    if lo is None or hi is None or not (math.isfinite(lo) and math.isfinite(hi)) or not hi > lo:
+        return out
+    a = np.asarray(arr, dtype=np.float64)
+    a = np.nan_to_num(a, nan=lo, posinf=hi, neginf=lo)
+    scaled = (a - lo) * (255.0 / (hi - lo))
+    np.clip(scaled, 0.0, 255.0, out=scaled)
+    np.rint(scaled, out=scaled)
+    out[...] = scaled.astype(np.uint8)
+    return out
+
+
+def _composite_on_black(img: Image.Image) -> Image.Image:
+    """Straight-alpha image (``LA`` / ``RGBA``) over black: ``value * alpha / 255``."""
+    arr = np.asarray(img, dtype=np.uint16)
+    color, alpha = arr[..., :-1], arr[..., -1:]
+    out = ((color * alpha + 127) // 255).astype(np.uint8)
+    if out.shape[-1] == 1:
+        return Image.fromarray(np.ascontiguousarray(out[..., 0]))
+    return Image.fromarray(np.ascontiguousarray(out))
+
+
+def to_8bit(img: Image.Image, window: tuple[float, float] | None = None) -> Image.Image:
+    """Convert any Pillow image to 8-bit ``L`` (grayscale sources) or ``RGB`` (everything else).
+
+    ``window``: intensity range for high-bit-depth modes (see the module docstring); ``None`` -> the
+    image's own finite min/max. Ignored for 8-bit modes. ``L`` and ``RGB`` images are returned as is.
+    """
+    mode = img.mode
+    if mode in ("L", "RGB"):
+        return img
+    if is_high_bit_depth(mode):
+        arr = np.asarray(img)
+        lo_hi = window if window is not None else _finite_range(arr)
+        lo, hi = lo_hi if lo_hi is not None else (None, None)
+        return Image.fromarray(window_to_uint8(arr, lo, hi))
+    if mode == "LA" or mode == "RGBA":
+        return _composite_on_black(img)
+    if mode == "PA" or (mode == "P" and "transparency" in img.info):
+        return _composite_on_black(img.convert("RGBA"))
+    if mode == "La":
+        return img.getchannel(0)
+    if mode == "RGBa":
+        return Image.merge("RGB", img.split()[:3])
+    if mode == "1":
+        return img.convert("L")
+    if mode in _PILLOW_TO_RGB_MODES:
+        return img.convert("RGB")
+    try:
+        return img.convert("RGB")
+    except Exception as exc:
+        raise ValueError(f"unsupported image mode {mode!r}: {exc}") from exc
+
+
+def to_rgb8(img: Image.Image, window: tuple[float, float] | None = None) -> Image.Image:
+    """Convert any Pillow image to 8-bit ``RGB`` (what the Qwen processor expects). See :func:`to_8bit`."""
+    out = to_8bit(img, window)
+    return out if out.mode == "RGB" else out.convert("RGB")
+
+
+# --------------------------------------------------------------------------------------------------
+# Loading
+# --------------------------------------------------------------------------------------------------
+
+
+def _read_head(source: Any, n: int = 132) -> bytes:
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        return bytes(source[:n])
+    if isinstance(source, (str, os.PathLike)):
+        with open(source, "rb") as fh:
+            return fh.read(n)
+    if hasattr(source, "read") and hasattr(source, "seek"):
+        pos = source.tell()
+        try:
+            return source.read(n)
+        finally:
+            source.seek(pos)
+    return b""
+
+
+def _looks_like_dicom(source: Any) -> bool:
+    if isinstance(source, (str, os.PathLike)) and os.fspath(source).lower().endswith(_DICOM_SUFFIXES):
+        return True
+    head = _read_head(source)
+    return len(head) >= 132 and head[128:132] == b"DICM"
+
+
+def _as_stream(source: Any) -> Any:
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        return io.BytesIO(bytes(source))
+    return source
+
+
+def _import_pydicom():
+    try:
+        import pydicom
+    except ImportError as exc:  # pragma: no cover - depends on the environment
+        raise ImportError(
+            "Reading DICOM files needs pydicom: `pip install pydicom` (or `pip install medvr-verl[test]`)."
+        ) from exc
+    return pydicom
+
+
+def _first(value: Any) -> float | None:
+    """First value of a possibly multi-valued DICOM element, as float; None when absent/unusable."""
+    if value is None:
+        return None
+    try:
+        if isinstance(value, (list, tuple)) or type(value).__name__ == "MultiValue":
+            if len(value) == 0:
+                return None
+            value = value[0]
+        out = float(value)
+    except (TypeError, ValueError):
+        return None
+    return out if math.isfinite(out) else None
+
+
+def _dicom_window(arr: np.ndarray, center: float, width: float, function: str) -> np.ndarray | None:
+    """DICOM VOI window to 0..255 (PS3.3 C.11.2.1.2 LINEAR / LINEAR_EXACT, C.11.2.1.3.1 SIGMOID)."""
+    a = arr.astype(np.float64)
+    function = (function or "LINEAR").upper()
+    if function == "SIGMOID":
+        if width <= 0:
+            return None
+        out = 255.0 / (1.0 + np.exp(-4.0 * (a - center) / width))
+    elif function == "LINEAR_EXACT":
+        if width <= 0:
+            return None
+        out = ((a - center) / width + 0.5) * 255.0
+    else:  # LINEAR (the default)
+        if width < 1:
+            return None
+        out = ((a - (center - 0.5)) / (width - 1) + 0.5) * 255.0
+    return np.rint(np.clip(out, 0.0, 255.0)).astype(np.uint8)
+
+
+def _dicom_to_pil(source: Any, *, frame: int, max_image_pixels: Any) -> Image.Image:
+    pydicom = _import_pydicom()
+    try:  # pydicom >= 3
+        from pydicom.pixels import apply_color_lut, apply_modality_lut, apply_voi_lut
+        from pydicom.pixels import pixel_array as _pixel_array
+
+        def read_frame(ds, index):
+            return _pixel_array(ds, index=index)  # YBR is converted to RGB (as_rgb=True)
+
+    except ImportError:  # pragma: no cover - pydicom 2.x
+        from pydicom.pixel_data_handlers.util import (
+            apply_color_lut,
+            apply_modality_lut,
+            apply_voi_lut,
+            convert_color_space,
+        )
+
+        def read_frame(ds, index):
+            arr = ds.pixel_array
+            if int(ds.get("NumberOfFrames", 1) or 1) > 1:
+                arr = arr[index]
+            pi = str(ds.get("PhotometricInterpretation", ""))
+            if pi in ("YBR_FULL", "YBR_FULL_422"):
+                arr = convert_color_space(arr, pi, "RGB")
+            return arr
+
+    ds = pydicom.dcmread(_as_stream(source), force=True)
+    if "PixelData" not in ds and "FloatPixelData" not in ds and "DoubleFloatPixelData" not in ds:
+        raise ValueError("DICOM file holds no pixel data")
+    rows, cols = int(ds.get("Rows", 0) or 0), int(ds.get("Columns", 0) or 0)
+    check_pixel_budget((cols, rows), max_image_pixels)
+    frames = int(ds.get("NumberOfFrames", 1) or 1)
+    if not 0 <= frame < frames:
+        raise ValueError(f"frame {frame} out of range: the DICOM file has {frames} frame(s)")
+    arr = read_frame(ds, frame if frames > 1 else None)
+
+    photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).strip().upper()
+    if photometric == "PALETTE COLOR":
+        rgb = apply_color_lut(arr, ds)
+        if rgb.dtype != np.uint8:  # 16-bit LUT entries
+            rgb = np.rint(rgb.astype(np.float64) * (255.0 / 65535.0)).astype(np.uint8)
+        return Image.fromarray(np.ascontiguousarray(rgb))
+    if arr.ndim == 3 and arr.shape[-1] in (3, 4):  # RGB / YBR (already converted to RGB)
+        rgb = arr[..., :3]
+        if rgb.dtype != np.uint8:
+            bits = int(ds.get("BitsStored", 8 * rgb.dtype.itemsize) or 8)
+            scale = 255.0 / float(2**bits - 1)
+            rgb = np.rint(np.clip(rgb.astype(np.float64) * scale, 0, 255)).astype(np.uint8)
+        return Image.fromarray(np.ascontiguousarray(rgb))
+
+    # Grayscale: modality LUT (RescaleSlope / RescaleIntercept), then the VOI window, else min-max.
+    values = apply_modality_lut(arr, ds)
+    center, width = _first(ds.get("WindowCenter")), _first(ds.get("WindowWidth"))
+    out = None
+    if center is not None and width is not None:
+        out = _dicom_window(values, center, width, str(ds.get("VOILUTFunction", "LINEAR")))
+    if out is None and "VOILUTSequence" in ds:
+        try:
+            lut_values = apply_voi_lut(values, ds, prefer_lut=True)
+            out = window_to_uint8(lut_values, *(_finite_range(np.asarray(lut_values)) or (None, None)))
+        except Exception:
+            out = None
+    if out is None:
+        out = window_to_uint8(values, *(_finite_range(np.asarray(values)) or (None, None)))
+    if photometric == "MONOCHROME1":  # 0 = white
+        out = 255 - out
+    return Image.fromarray(np.ascontiguousarray(out))
+
+
+def load_medical_image(source: ImageSource, *, frame: int = 0, max_image_pixels: Any = USE_PIL_LIMIT) -> Image.Image:
+    """Open an image file (PNG / JPEG / TIFF / anything Pillow reads, or DICOM) as 8-bit ``L`` or ``RGB``.
+
+    ``source``: a path, bytes, a binary file object, or an already opened ``PIL.Image``.
+    ``frame``: frame of a multi-frame DICOM or multi-page TIFF (0-based).
+    ``max_image_pixels``: decompression-bomb guard checked on the header before decoding; default
+    Pillow's ``Image.MAX_IMAGE_PIXELS``, ``None`` disables it. Raises :class:`ImageTooLargeError`.
+
+    DICOM (detected by the ``DICM`` magic or a ``.dcm``/``.dicom`` suffix; needs pydicom): grayscale
+    pixels go through the modality LUT (rescale slope/intercept), then the first VOI window
+    (WindowCenter/WindowWidth, honouring VOILUTFunction), else the VOI LUT sequence, else min-max;
+    MONOCHROME1 is inverted; PALETTE COLOR goes through its LUT; YBR is converted to RGB; colour data
+    above 8 bits is scaled by BitsStored. Other formats go through :func:`to_8bit` (min-max for
+    high-bit-depth grayscale). EXIF orientation is not applied (veRL's loader does not apply it either,
+    and box coordinates must refer to the same pixels).
+    """
+    if isinstance(source, Image.Image):
+        check_pixel_budget(source.size, max_image_pixels)
+        ensure_loaded(source)
+        return to_8bit(source)
+    if _looks_like_dicom(source):
+        return _dicom_to_pil(source, frame=frame, max_image_pixels=max_image_pixels)
+
+    limit = resolve_pixel_limit(max_image_pixels)
+    try:
+        with warnings.catch_warnings():
+            # Our own limit replaces Pillow's; its warning/error are turned into ImageTooLargeError.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            img = Image.open(_as_stream(source))
+    except Image.DecompressionBombError as exc:
+        if limit is None or (Image.MAX_IMAGE_PIXELS is not None and limit > 2 * Image.MAX_IMAGE_PIXELS):
+            # Pillow refused (more than twice its own limit) although ours may allow it: open again
+            # without Pillow's check and let check_pixel_budget decide. This briefly changes Pillow's
+            # global, so do not rely on it from several threads at once.
+            old = Image.MAX_IMAGE_PIXELS
+            try:
+                Image.MAX_IMAGE_PIXELS = None
+                img = Image.open(_as_stream(source))
+            finally:
+                Image.MAX_IMAGE_PIXELS = old
+        else:
+            raise ImageTooLargeError(str(exc)) from exc
+    except Image.UnidentifiedImageError:
+        # A DICOM file without the 128-byte preamble has no magic; try pydicom before giving up.
+        try:
+            return _dicom_to_pil(source, frame=frame, max_image_pixels=max_image_pixels)
+        except Exception:
+            pass
+        raise
+    check_pixel_budget(img.size, max_image_pixels)
+    if frame:
+        n_frames = getattr(img, "n_frames", 1)
+        if not 0 <= frame < n_frames:
+            raise ValueError(f"frame {frame} out of range: the image has {n_frames} frame(s)")
+        img.seek(frame)
+    img.load()  # truncated files raise OSError (unless the caller set ImageFile.LOAD_TRUNCATED_IMAGES)
+    return to_8bit(img)

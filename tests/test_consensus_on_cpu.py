@@ -1,0 +1,394 @@
+"""Tests for medvr_verl.consensus (CCA) against a brute-force pixel raster."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from medvr_verl.boxes import box_area, union_area
+from medvr_verl.consensus import (
+    CCAResult,
+    consensus_credit,
+    consensus_credit_by_image,
+    consensus_region,
+    tool_rewards,
+)
+
+W, H = 40, 32  # raster image for the property tests
+
+
+# ----------------------------------------------------------------------------------------------
+# Brute-force reference: the obvious definition on a pixel raster
+# ----------------------------------------------------------------------------------------------
+
+
+def raster(boxes, width=W, height=H) -> np.ndarray:
+    mask = np.zeros((height, width), dtype=bool)
+    for x1, y1, x2, y2 in boxes:
+        mask[y1:y2, x1:x2] = True
+    return mask
+
+
+def raster_cca_by_image(tagged_per_traj, correct, eta, n_images, width=W, height=H):
+    """Reference CCA: rewards, ious, quorum size, consensus masks per image."""
+    masks = [
+        [raster([b for i, b in tagged if i == img], width, height) for img in range(n_images)]
+        for tagged in tagged_per_traj
+    ]
+    quorum = [j for j, c in enumerate(correct) if c and any(m.any() for m in masks[j])]
+    q = len(quorum)
+    consensus = []
+    for img in range(n_images):
+        count = sum((masks[j][img].astype(int) for j in quorum), np.zeros((height, width), int))
+        consensus.append(2 * count > q)
+    rewards = [0.0] * len(correct)
+    ious = [None] * len(correct)
+    for j in quorum:
+        inter = sum(int((masks[j][i] & consensus[i]).sum()) for i in range(n_images))
+        union = sum(int((masks[j][i] | consensus[i]).sum()) for i in range(n_images))
+        ious[j] = inter / union if union else 0.0
+        rewards[j] = 1.0 if ious[j] > eta else 0.5
+    return rewards, ious, q, consensus
+
+
+def raster_cca(boxes_per_traj, correct, eta, width=W, height=H):
+    tagged = [[(0, b) for b in boxes] for boxes in boxes_per_traj]
+    rewards, ious, q, consensus = raster_cca_by_image(tagged, correct, eta, 1, width, height)
+    return rewards, ious, q, consensus[0]
+
+
+x_coord = st.integers(0, W)
+y_coord = st.integers(0, H)
+int_box = st.tuples(x_coord, y_coord, x_coord, y_coord)  # reversed/degenerate included
+# Boxes that cluster, so that majorities actually form.
+near_box = st.tuples(st.integers(8, 14), st.integers(6, 12), st.integers(20, 30), st.integers(16, 26))
+traj_boxes = st.lists(st.one_of(int_box, near_box, near_box), max_size=4)
+
+
+@st.composite
+def groups(draw, max_traj=8):
+    n = draw(st.integers(1, max_traj))
+    boxes = draw(st.lists(traj_boxes, min_size=n, max_size=n))
+    correct = draw(st.lists(st.booleans(), min_size=n, max_size=n))
+    return boxes, correct
+
+
+etas = st.sampled_from([0.0, 0.25, 0.5, 0.75, 1.0]) | st.floats(0, 1)
+
+
+# ----------------------------------------------------------------------------------------------
+# Property tests against the raster
+# ----------------------------------------------------------------------------------------------
+
+
+@settings(deadline=None, max_examples=250)
+@given(groups(), etas)
+def test_cca_matches_raster(group, eta):
+    boxes, correct = group
+    rewards, ious, q, consensus = raster_cca(boxes, correct, eta)
+    result = consensus_credit(boxes, correct, eta)
+    assert result.rewards == rewards
+    assert result.ious == ious  # exact: both are quotients of the same integer pixel counts
+    assert result.quorum_size == q
+    assert tool_rewards(boxes, correct, eta) == rewards
+    # The consensus rectangles rasterize to exactly the majority mask, and are disjoint.
+    region = [tuple(int(v) for v in b) for b in result.consensus]
+    assert all(float(v).is_integer() for b in result.consensus for v in b)
+    np.testing.assert_array_equal(raster(region), consensus)
+    assert sum(box_area(b) for b in result.consensus) == consensus.sum()
+
+
+@settings(deadline=None, max_examples=150)
+@given(st.lists(traj_boxes, min_size=1, max_size=7))
+def test_consensus_region_matches_raster(unions):
+    q = len(unions)
+    count = sum((raster(b).astype(int) for b in unions), np.zeros((H, W), int))
+    majority = 2 * count > q
+    region = consensus_region(unions)
+    assert union_area(region) == majority.sum()
+    assert sum(box_area(b) for b in region) == majority.sum()  # disjoint
+    np.testing.assert_array_equal(raster([tuple(int(v) for v in b) for b in region]), majority)
+
+
+@settings(deadline=None, max_examples=150)
+@given(
+    st.integers(1, 3).flatmap(
+        lambda n_img: st.tuples(
+            st.just(n_img),
+            st.lists(
+                st.lists(st.tuples(st.integers(0, n_img - 1), st.one_of(int_box, near_box)), max_size=4),
+                min_size=1,
+                max_size=7,
+            ),
+        )
+    ),
+    st.data(),
+    etas,
+)
+def test_cca_by_image_matches_raster(n_and_tagged, data, eta):
+    n_images, tagged = n_and_tagged
+    correct = data.draw(st.lists(st.booleans(), min_size=len(tagged), max_size=len(tagged)))
+    rewards, ious, q, consensus = raster_cca_by_image(tagged, correct, eta, n_images)
+    result = consensus_credit_by_image(tagged, correct, eta)
+    assert result.rewards == rewards
+    assert result.ious == ious
+    assert result.quorum_size == q
+    for img in range(n_images):
+        region = [tuple(int(v) for v in b) for i, b in result.consensus if i == img]
+        np.testing.assert_array_equal(raster(region), consensus[img])
+
+
+@settings(deadline=None, max_examples=100)
+@given(groups(), etas)
+def test_single_image_is_by_image_on_image_zero(group, eta):
+    boxes, correct = group
+    single = consensus_credit(boxes, correct, eta)
+    tagged = consensus_credit_by_image([[(0, b) for b in bs] for bs in boxes], correct, eta)
+    assert single.rewards == tagged.rewards
+    assert single.ious == tagged.ious
+    assert single.quorum_size == tagged.quorum_size
+    assert [(0, b) for b in single.consensus] == tagged.consensus
+
+
+@settings(deadline=None, max_examples=150)
+@given(
+    groups(),
+    st.floats(0.05, 20),
+    st.floats(0.05, 20),
+    st.sampled_from([0.0, 0.3, 0.5, 0.9]),
+)
+def test_scale_invariance(group, sx, sy, eta):
+    boxes, correct = group
+    base = consensus_credit(boxes, correct, eta)
+    scaled_boxes = [[(x1 * sx, y1 * sy, x2 * sx, y2 * sy) for x1, y1, x2, y2 in bs] for bs in boxes]
+    scaled = consensus_credit(scaled_boxes, correct, eta)
+    assert scaled.quorum_size == base.quorum_size
+    for a, b, ra, rb in zip(base.ious, scaled.ious, base.rewards, scaled.rewards):
+        if a is None:
+            assert b is None and ra == rb == 0.0
+            continue
+        assert b == pytest.approx(a, rel=1e-9, abs=1e-12)
+        if abs(a - eta) > 1e-9:  # float tolerance aside: a tie with eta may round either way
+            assert ra == rb
+
+
+@settings(deadline=None, max_examples=100)
+@given(
+    groups(),
+    st.sampled_from([0.25, 0.5, 2.0, 4.0, 1024.0]),
+    st.sampled_from([0.125, 1.0, 8.0, 64.0]),
+    etas,
+)
+def test_scale_invariance_exact_for_powers_of_two(group, sx, sy, eta):
+    boxes, correct = group
+    scaled = [[(x1 * sx, y1 * sy, x2 * sx, y2 * sy) for x1, y1, x2, y2 in bs] for bs in boxes]
+    assert consensus_credit(scaled, correct, eta).ious == consensus_credit(boxes, correct, eta).ious
+    assert tool_rewards(scaled, correct, eta) == tool_rewards(boxes, correct, eta)
+
+
+@settings(deadline=None, max_examples=100)
+@given(groups(), st.randoms(use_true_random=False))
+def test_permutation_equivariance(group, rnd):
+    boxes, correct = group
+    order = list(range(len(boxes)))
+    rnd.shuffle(order)
+    base = tool_rewards(boxes, correct)
+    permuted = tool_rewards([boxes[i] for i in order], [correct[i] for i in order])
+    assert permuted == [base[i] for i in order]
+
+
+# ----------------------------------------------------------------------------------------------
+# Edge cases
+# ----------------------------------------------------------------------------------------------
+
+
+def test_all_wrong_gives_zero():
+    result = consensus_credit([[(0, 0, 10, 10)], [(0, 0, 10, 10)]], [False, False])
+    assert result == CCAResult([0.0, 0.0], [None, None], 0, [])
+
+
+def test_no_boxes_gives_zero():
+    result = consensus_credit([[], [], []], [True, True, True])
+    assert result.rewards == [0.0, 0.0, 0.0] and result.quorum_size == 0
+
+
+def test_empty_group():
+    assert tool_rewards([], []) == []
+
+
+def test_single_correct_with_box():
+    result = consensus_credit([[(5, 5, 20, 30)], [(0, 0, 3, 3)]], [True, False])
+    assert result.rewards == [1.0, 0.0]
+    assert result.ious == [1.0, None]
+    assert result.quorum_size == 1
+    assert result.consensus == [(5.0, 5.0, 20.0, 30.0)]
+
+
+def test_correct_without_box_and_wrong_with_box_get_zero():
+    boxes = [[(0, 0, 10, 10)], [], [(0, 0, 10, 10)]]
+    assert tool_rewards(boxes, [True, True, False]) == [1.0, 0.0, 0.0]
+
+
+def test_degenerate_boxes_do_not_count():
+    # Trajectory 1's only box is empty: not in the quorum, so trajectory 0 is alone.
+    boxes = [[(0, 0, 10, 10)], [(5, 5, 5, 20), (30, 30, 20, 20)]]
+    result = consensus_credit(boxes, [True, True])
+    assert result.rewards == [1.0, 0.0] and result.quorum_size == 1
+
+
+def test_tie_at_half_is_excluded():
+    # Two disjoint boxes: every pixel has C = 1 = |T+| / 2, not a strict majority.
+    result = consensus_credit([[(0, 0, 10, 10)], [(20, 20, 30, 30)]], [True, True])
+    assert result.consensus == []
+    assert result.rewards == [0.5, 0.5] and result.ious == [0.0, 0.0]
+    # Four trajectories, two camps of two: still no majority anywhere.
+    camps = [[(0, 0, 10, 10)], [(0, 0, 10, 10)], [(20, 0, 30, 10)], [(20, 0, 30, 10)]]
+    result = consensus_credit(camps, [True] * 4)
+    assert result.consensus == [] and result.rewards == [0.5] * 4
+    # A third member of one camp makes it a majority.
+    result = consensus_credit(camps + [[(0, 0, 10, 10)]], [True] * 5)
+    assert result.consensus == [(0.0, 0.0, 10.0, 10.0)]
+    assert result.rewards == [1.0, 1.0, 0.5, 0.5, 1.0]
+
+
+def test_two_overlapping_take_intersection():
+    result = consensus_credit([[(0, 0, 10, 10)], [(5, 0, 15, 10)]], [True, True])
+    assert result.consensus == [(5.0, 0.0, 10.0, 10.0)]
+    assert result.ious == [0.5, 0.5]
+    assert result.rewards == [0.5, 0.5]  # IoU == eta is not > eta
+
+
+def test_eta_boundary_is_strict():
+    # Consensus is [0,10]x[0,10]; trajectory 2 covers twice that, IoU exactly 0.5.
+    boxes = [[(0, 0, 10, 10)], [(0, 0, 10, 10)], [(0, 0, 20, 10)]]
+    result = consensus_credit(boxes, [True, True, True], eta=0.5)
+    assert result.ious == [1.0, 1.0, 0.5]
+    assert result.rewards == [1.0, 1.0, 0.5]
+    assert tool_rewards(boxes, [True] * 3, eta=0.4999) == [1.0, 1.0, 1.0]
+    assert tool_rewards(boxes, [True] * 3, eta=1.0) == [0.5, 0.5, 0.5]  # IoU > 1 is impossible
+    assert tool_rewards(boxes, [True] * 3, eta=0.0) == [1.0, 1.0, 1.0]
+
+
+def test_eta_zero_needs_some_overlap():
+    boxes = [[(0, 0, 10, 10)], [(0, 0, 10, 10)], [(50, 50, 60, 60)]]
+    assert tool_rewards(boxes, [True] * 3, eta=0.0) == [1.0, 1.0, 0.5]
+
+
+def test_union_of_own_boxes_is_used():
+    # Trajectory 0 splits the consensus region into two boxes; its union matches exactly.
+    boxes = [[(0, 0, 5, 10), (5, 0, 10, 10)], [(0, 0, 10, 10)], [(0, 0, 10, 10)]]
+    result = consensus_credit(boxes, [True] * 3)
+    assert result.ious == [1.0, 1.0, 1.0]
+    # Overlapping boxes of one trajectory count once toward C.
+    boxes = [
+        [(0, 0, 10, 10), (0, 0, 10, 10), (0, 0, 10, 10)],
+        [(50, 50, 60, 60)],
+        [(70, 70, 80, 80)],
+    ]
+    assert consensus_credit(boxes, [True] * 3).consensus == []
+
+
+def test_consensus_rectangles_are_merged():
+    # Three identical L-shapes: the consensus is that L as few disjoint rectangles.
+    shape = [(0, 0, 30, 10), (0, 10, 10, 30)]
+    region = consensus_region([shape, shape, shape])
+    assert sorted(region) == [(0.0, 0.0, 30.0, 10.0), (0.0, 10.0, 10.0, 30.0)]  # row runs, merged
+
+
+def test_consensus_region_empty_and_denominator():
+    assert consensus_region([]) == []
+    assert consensus_region([[], []]) == []
+    # An empty member still counts toward |T+|: 1 of 2 is no majority.
+    assert consensus_region([[(0, 0, 4, 4)], []]) == []
+    assert consensus_region([[(0, 0, 4, 4)]]) == [(0.0, 0.0, 4.0, 4.0)]
+
+
+def test_multi_image_iou_sums_over_images():
+    tagged = [
+        [(0, (0, 0, 10, 10)), (1, (0, 0, 10, 10))],
+        [(0, (0, 0, 10, 10)), (1, (0, 0, 10, 10))],
+        [(0, (0, 0, 10, 10))],  # nothing on image 1
+    ]
+    result = consensus_credit_by_image(tagged, [True, True, True])
+    assert sorted(result.consensus) == [(0, (0.0, 0.0, 10.0, 10.0)), (1, (0.0, 0.0, 10.0, 10.0))]
+    assert result.ious == [1.0, 1.0, 0.5]  # (100 + 0) / (100 + 100)
+    assert result.rewards == [1.0, 1.0, 0.5]
+
+
+def test_multi_image_same_box_on_different_images_do_not_agree():
+    tagged = [[(0, (0, 0, 10, 10))], [(1, (0, 0, 10, 10))]]
+    result = consensus_credit_by_image(tagged, [True, True])
+    assert result.consensus == [] and result.rewards == [0.5, 0.5]
+
+
+def test_accepts_numpy_and_truthy_inputs():
+    boxes = [np.array([[0, 0, 10, 10]]), np.array([[0, 0, 10, 10]]), np.zeros((0, 4))]
+    correct = np.array([True, True, False])
+    assert tool_rewards(boxes, correct) == [1.0, 1.0, 0.0]
+    # R_acc as floats: > 0 counts as correct.
+    assert tool_rewards([[(0, 0, 2, 2)], [(0, 0, 2, 2)]], [1.0, 0.0]) == [1.0, 0.0]
+    assert consensus_credit_by_image([[(np.int64(2), (0, 0, 2, 2))]], [True]).rewards == [1.0]
+
+
+def test_float_boxes_large_image():
+    boxes = [[(100.5, 200.25, 3000.75, 4000.0)], [(100.5, 200.25, 3000.75, 4000.0)]]
+    result = consensus_credit(boxes, [True, True])
+    assert result.ious == [1.0, 1.0]
+
+
+def test_result_is_frozen():
+    result = consensus_credit([[(0, 0, 1, 1)]], [True])
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        result.rewards = []  # type: ignore[misc]
+
+
+# ----------------------------------------------------------------------------------------------
+# Validation
+# ----------------------------------------------------------------------------------------------
+
+
+def test_length_mismatch():
+    with pytest.raises(ValueError, match="correct has 1"):
+        tool_rewards([[], []], [True])
+    with pytest.raises(ValueError):
+        consensus_credit_by_image([[]], [True, False])
+
+
+@pytest.mark.parametrize("eta", [-0.01, 1.01, float("nan"), float("inf"), True, "0.5", None])
+def test_bad_eta(eta):
+    with pytest.raises(ValueError, match="eta"):
+        tool_rewards([[(0, 0, 1, 1)]], [True], eta=eta)
+
+
+@pytest.mark.parametrize(
+    "boxes",
+    [
+        [[(0, 0, 1)]],
+        [[(0, 0, 1, float("nan"))]],
+        [[(0, 0, 1, 2, 3)]],
+        [[("a", 0, 1, 1)]],
+        [(0, 0, 1, 1)],
+    ],
+)
+def test_malformed_boxes(boxes):
+    with pytest.raises(ValueError):
+        tool_rewards(boxes, [True] * len(boxes))
+
+
+@pytest.mark.parametrize(
+    "tagged",
+    [
+        [[(-1, (0, 0, 1, 1))]],
+        [[(True, (0, 0, 1, 1))]],
+        [[(0.0, (0, 0, 1, 1))]],
+        [[(0, 0, 1, 1)]],
+        [[((0, 0, 1, 1),)]],
+    ],
+)
+def test_malformed_tagged_boxes(tagged):
+    with pytest.raises(ValueError):
+        consensus_credit_by_image(tagged, [True])

@@ -1,0 +1,111 @@
+"""medvr_verl.entropy: the top-k estimator's bound against exact entropy, and EVR's rule."""
+
+import math
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from medvr_verl.entropy import (
+    branch_probability,
+    exact_entropy,
+    h_base,
+    h_tool,
+    topk_entropy,
+    topk_entropy_error_bound,
+)
+
+
+def _logprobs(logits):
+    logits = np.asarray(logits, dtype=np.float64)
+    return (logits - np.logaddexp.reduce(logits)).tolist()
+
+
+@settings(deadline=None, max_examples=200)
+@given(
+    logits=st.lists(st.floats(-20, 20), min_size=2, max_size=300),
+    k=st.integers(1, 40),
+)
+def test_topk_estimate_is_a_lower_bound_within_the_stated_error(logits, k):
+    full = _logprobs(logits)
+    top = sorted(full, reverse=True)[:k]
+    exact = exact_entropy(full)
+    estimate = topk_entropy(top)
+    bound = topk_entropy_error_bound(top, vocab_size=len(full))
+    assert estimate <= exact + 1e-9
+    assert exact - estimate <= bound + 1e-9
+
+
+def test_topk_estimate_is_exact_with_the_whole_vocabulary():
+    full = _logprobs([0.3, -1.0, 2.0, 0.0])
+    assert topk_entropy(full) == pytest.approx(exact_entropy(full))
+    assert topk_entropy_error_bound(full, 4) == 0.0
+
+
+def test_uniform_and_one_hot():
+    assert topk_entropy([math.log(0.25)] * 4) == pytest.approx(math.log(4))
+    assert topk_entropy([0.0]) == 0.0
+    assert topk_entropy([0.0, -math.inf]) == 0.0
+    assert topk_entropy([]) == 0.0
+
+
+def test_h_base_and_h_tool():
+    assert h_base([1.0, 3.0, 100.0], 2) == 2.0
+    assert h_base([], 4) == 0.0
+    with pytest.raises(ValueError):
+        h_base([1.0], 0)
+    # the spike, not the average, decides
+    assert h_tool([0.1, 0.1, 2.0, 2.2, 0.1], window=2) == pytest.approx(2.1)
+    assert h_tool([1.0, 2.0], window=5) == 1.5
+    assert h_tool([], window=3) == 0.0
+    with pytest.raises(ValueError):
+        h_tool([1.0], 0)
+
+
+@pytest.mark.parametrize(
+    "dh, p_base, gamma, expected",
+    [(0.0, 0.3, 0.5, 0.3), (1.0, 0.3, 0.5, 0.8), (5.0, 0.3, 0.5, 1.0), (-5.0, 0.3, 0.5, 0.0), (2.0, 0.25, 0.0, 0.25)],
+)
+def test_branch_probability_clips(dh, p_base, gamma, expected):
+    assert branch_probability(dh, p_base, gamma) == pytest.approx(expected)
+
+
+def test_plan_forks_prefers_chosen_high_entropy_points():
+    import random
+
+    from medvr_verl.entropy import plan_forks
+
+    rng = random.Random(0)
+    # candidate 1 spikes far above the threshold with P = 1; 0 and 2 do not qualify
+    plan = plan_forks([0.05, 3.0, -1.0], 4, p_base=0.0, gamma=1.0, threshold=0.1, rng=rng)
+    assert plan == [1, 1, 1, 1]
+
+
+def test_plan_forks_falls_back_to_the_highest_dh_and_to_fresh_samples():
+    import random
+
+    from medvr_verl.entropy import plan_forks
+
+    rng = random.Random(0)
+    plan = plan_forks([0.0, -0.5, 0.0], 4, p_base=0.0, gamma=0.5, threshold=0.2, rng=rng)
+    assert sorted(plan[:2]) == [0, 2] and plan[2] == 1 and plan[3] == plan[0]
+    assert plan_forks([], 3, p_base=1.0, gamma=0.5, threshold=0.0, rng=rng) == [None, None, None]
+    assert plan_forks([1.0], 0, p_base=1.0, gamma=0.5, threshold=0.0, rng=rng) == []
+
+
+def test_plan_forks_gamma_zero_is_random_branching_at_p_base():
+    import random
+
+    from medvr_verl.entropy import plan_forks
+
+    rng = random.Random(1)
+
+    def share_of_low_dh(gamma):
+        plans = [plan_forks([5.0, 0.1], 1, p_base=0.3, gamma=gamma, threshold=0.0, rng=rng) for _ in range(4000)]
+        return sum(p == [1] for p in plans) / len(plans)
+
+    # gamma = 0: each point is chosen with P_base whatever its dH; the low one leads the plan when the
+    # high one is not chosen and it is: 0.7 * 0.3 = 0.21. gamma = 1: the spike is always chosen.
+    assert abs(share_of_low_dh(0.0) - 0.21) < 0.03
+    assert share_of_low_dh(1.0) == 0.0
