@@ -30,8 +30,8 @@ setup(
         "pillow",
     ],
     extras_require={
-        # torch==2.13.0 is pinned so pip takes the CPU wheel; GPU users bring their own torch.
-        "test": ["pytest", "pytest-asyncio", "hypothesis", "pydicom"],
+        # scripts/test.sh pins torch/torchvision so pip takes the wheels on the machine's disk.
+        "test": ["pytest", "pytest-asyncio", "hypothesis", "pydicom", "qwen-vl-utils", "torchvision"],
         "vllm": ["vllm", "flash-attn"],
     },
     entry_points={

@@ -16,6 +16,7 @@ _GLUE_MODULES = (
     "medvr_verl.resolvers",  # OmegaConf resolver ${medvr.pkg_file:...} used by the recipes
     "medvr_verl.reward_manager",  # reward manager "medvr_cca"
     "medvr_verl.agent_loop",  # agent loop "medvr_agent"
+    "medvr_verl.vllm_server",  # rollout server "medvr_vllm" (vLLM imported lazily)
 )
 
 _registered = False

@@ -41,13 +41,11 @@ from typing import Any
 from verl.experimental.agent_loop.agent_loop import register
 from verl.experimental.agent_loop.tool_agent_loop import AgentData, AgentState, ToolAgentLoop
 
+from medvr_verl.entropy import TOKEN_ENTROPY_KEY as ENTROPY_KEY
 from medvr_verl.tool_calls import DEFAULT_TOOL_NAME, coordinate_char_spans
 
 logger = logging.getLogger(__name__)
 logger.setLevel(os.getenv("VERL_LOGGING_LEVEL", "WARN"))
-
-ENTROPY_KEY = "token_entropy"
-"""Key of the per-token entropy list in a server's ``TokenOutput.extra_fields`` (``medvr_vllm``)."""
 
 
 RUNTIME_KWARGS = ("medvr_publish_key", "medvr_fork")

@@ -30,6 +30,9 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
+TOKEN_ENTROPY_KEY = "token_entropy"
+"""Key of the per-token entropy list in a rollout server's ``TokenOutput.extra_fields``."""
+
 
 def topk_entropy(logprobs: Sequence[float]) -> float:
     """Entropy estimate (nats) of one position from its top-k logprobs (any order).

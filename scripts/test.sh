@@ -1,10 +1,13 @@
 #!/usr/bin/env bash
 # Run medvr-verl's tests on a fresh machine: bash scripts/test.sh [cpu|gpu] [extra pytest args]
 #
-# Creates ./.venv when absent and installs everything the suite needs: torch 2.13.0 (pinned so pip
-# takes the CPU wheel; a bare `torch` would pull a multi-GB CUDA build), veRL 0.9.1 and this package
-# in editable mode with its [test] extra. `cpu` runs tests/**/*_on_cpu.py; `gpu` runs *_on_gpu.py
-# (they skip cleanly without a GPU).
+# Creates ./.venv when absent and installs everything the suite needs: torch 2.14.1 with torchvision
+# 0.29.1 (Qwen2.5-VL's processor in transformers 5 and veRL's qwen_vl_utils image path need
+# torchvision, and PyPI's torchvision does not import beside the torch 2.13.0 CPU wheel; pinned
+# versions so pip takes the wheels that lie on the machine's disk), veRL 0.9.1 and this package in
+# editable mode with its [test] extra. `cpu` runs tests/**/*_on_cpu.py; `gpu` runs *_on_gpu.py (they
+# skip cleanly without a GPU). The CPU suite refuses to skip its vision-language tests
+# (MEDVR_REQUIRE_VL=1): a missing vision stack is a failure, not a skip.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 suite="${1:-cpu}"
@@ -20,12 +23,11 @@ python="${PYTHON:-python3}"
 # shellcheck disable=SC1091
 . .venv/bin/activate
 python -m pip install -q --upgrade pip
-if [ "$suite" = cpu ]; then
-  python -m pip install -q torch==2.13.0
-fi
+python -m pip install -q torch==2.14.1 torchvision==0.29.1
 python -m pip install -q -e ".[test]"
 
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZERS_PARALLELISM=false RAY_DEDUP_LOGS=0
+if [ "$suite" = cpu ]; then export MEDVR_REQUIRE_VL=1; fi
 files=$(find tests -name "$pattern" | sort)
 if [ -z "$files" ]; then echo "no $suite tests found" >&2; exit 1; fi
 # shellcheck disable=SC2086
