@@ -18,7 +18,7 @@ setup(
     packages=find_packages(include=["medvr_verl", "medvr_verl.*"])
     + ["medvr_verl.recipes", "medvr_verl.recipes.medvr", "medvr_verl.recipes.medvlm_r1"],
     package_dir={"medvr_verl.recipes": "recipes"},
-    package_data={"medvr_verl.testing": ["*.jinja"], "medvr_verl.recipes.medvr": ["*.yaml", "*/*.yaml"], "medvr_verl.recipes.medvlm_r1": ["*.yaml"]},
+    package_data={"medvr_verl.testing": ["*.jinja"], "medvr_verl.recipes.medvr": ["*.yaml", "*/*.yaml", "*.jinja"], "medvr_verl.recipes.medvlm_r1": ["*.yaml"]},
     install_requires=[
         "verl==0.9.1",
         # imported by veRL 0.9.1's rollout package (agent loops, LLM server client) but missing

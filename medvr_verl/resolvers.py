@@ -1,10 +1,11 @@
-"""OmegaConf resolver ``medvr.pkg_file``: a file shipped in an installed package, as an absolute path.
+"""OmegaConf resolvers for files shipped in an installed package: ``medvr.pkg_file`` and ``medvr.pkg_text``.
 
 veRL resolves file paths in its config (``multi_turn.tool_config_path``) against the working
 directory and its own install, which breaks for a plugin installed elsewhere and on remote Ray
 nodes. Recipes name such files by package instead::
 
     tool_config_path: ${medvr.pkg_file:medvr_verl.recipes.medvr/zoom_tool.yaml}
+    custom_chat_template: ${medvr.pkg_text:medvr_verl.recipes.medvr/qwen2_5_vl_tool_chat_template.jinja}
 
 Registered on ``import verl`` (the plugin entry point), so it resolves in the driver and in workers.
 """
@@ -31,3 +32,16 @@ def pkg_file(spec: str) -> str:
 
 if not OmegaConf.has_resolver(RESOLVER):
     OmegaConf.register_new_resolver(RESOLVER, pkg_file)
+
+
+TEXT_RESOLVER = "medvr.pkg_text"
+
+
+def pkg_text(spec: str) -> str:
+    """The text of a shipped file (same ``package/relative/path`` spec), e.g. a chat template."""
+    with open(pkg_file(spec), encoding="utf-8") as f:
+        return f.read()
+
+
+if not OmegaConf.has_resolver(TEXT_RESOLVER):
+    OmegaConf.register_new_resolver(TEXT_RESOLVER, pkg_text)

@@ -4,8 +4,8 @@ import math
 from types import SimpleNamespace
 
 import pytest
-
 import verl  # noqa: F401  (loads the plugin through the verl.plugins entry point)
+
 from medvr_verl.entropy import topk_entropy
 from medvr_verl.vllm_server import ROLLOUT_NAME, _TopKEngine, configured_top_k, position_entropies
 
