@@ -11,7 +11,10 @@ trajectory before its image tokens enter the context). On top, each trajectory's
 
 ``medvr_zoom_calls``
     one record per zoom call, written by :class:`medvr_verl.tools.ZoomInTool`: the box in the
-    model's and in original-image pixels, the image it refers to, validity and error text.
+    model's and in original-image pixels, the image it refers to, validity and error text. veRL
+    downsizes prompt images to the processor's pixel budget before the model sees them; this loop
+    hands the tool the images as the dataset stores them (``agent_data.medvr_originals``), so crops
+    come from native resolution and boxes are kept in original-image pixels.
 ``medvr_turns``
     one entry per assistant turn: ``start`` (offset in the response), ``length`` (generated tokens)
     and ``entropy`` (per-token entropy when the server returns it, else ``None``; see
@@ -43,6 +46,8 @@ from verl.experimental.agent_loop.tool_agent_loop import AgentData, AgentState, 
 
 from medvr_verl.entropy import TOKEN_ENTROPY_KEY as ENTROPY_KEY
 from medvr_verl.tool_calls import DEFAULT_TOOL_NAME, coordinate_char_spans
+from medvr_verl.tools.image_io import OriginalImages
+from medvr_verl.tools.zoom import ORIGINALS_ATTR, ZoomInTool
 
 logger = logging.getLogger(__name__)
 logger.setLevel(os.getenv("VERL_LOGGING_LEVEL", "WARN"))
@@ -152,6 +157,8 @@ class MedVRAgentLoop(ToolAgentLoop):
 
     async def _handle_pending_state(self, agent_data: AgentData, sampling_params: dict[str, Any]) -> AgentState:
         self._agent_data = agent_data
+        # the zoom tool crops prompt images from these (loaded on first zoom), not veRL's resized copies
+        setattr(agent_data, ORIGINALS_ATTR, OriginalImages(agent_data.messages))
         if self._fork is None:
             return await super()._handle_pending_state(agent_data, sampling_params)
         self._restore_fork(agent_data, TRAJECTORY_STORE.get(self._fork["source"]), int(self._fork["call"]))
@@ -264,6 +271,4 @@ def _char_to_token(tokenizer, token_ids: list[int], char_pos: int, *, round_up: 
 
 
 def _is_zoom_tool(tool) -> bool:
-    from medvr_verl.tools.zoom import ZoomInTool
-
     return isinstance(tool, ZoomInTool)

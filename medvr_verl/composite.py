@@ -49,16 +49,25 @@ class MemberReward:
     """Correct and zoomed: a voter of the consensus."""
 
 
+@dataclass(frozen=True)
+class GroupRewards:
+    members: list[MemberReward]
+    quorum_size: int
+    consensus: list[ImageBox]
+    """The majority region as disjoint ``(image_index, box)`` rectangles (``consensus`` variant only)."""
+
+
 def group_rewards(
     members: Sequence[MemberOutcome], variant: str = "consensus", eta: float = 0.5, w_tool: float = 1.0
-) -> tuple[list[MemberReward], int]:
-    """Composite rewards of one prompt group. Returns ``(rewards, quorum_size)``."""
+) -> GroupRewards:
+    """Composite rewards of one prompt group."""
     if variant not in TOOL_REWARD_VARIANTS:
         raise ValueError(f"tool reward variant must be one of {TOOL_REWARD_VARIANTS}, got {variant!r}")
     correct = [m.acc > 0 for m in members]
     zoomed = [len(m.boxes) > 0 for m in members]
     in_quorum = [c and z for c, z in zip(correct, zoomed)]
     ious = [0.0] * len(members)
+    consensus: list[ImageBox] = []
 
     if variant == "none":
         tool = [0.0] * len(members)
@@ -70,10 +79,11 @@ def group_rewards(
         result = consensus_credit_by_image([list(m.boxes) for m in members], correct, eta=eta)
         tool = list(result.rewards)
         ious = [iou if iou is not None else 0.0 for iou in result.ious]
+        consensus = list(result.consensus)
 
     gated = [True] * len(members) if variant == "unconditional" else correct
     rewards = [
         MemberReward(reward=m.base_score + (w_tool * t if g else 0.0), tool_reward=t, iou=iou, in_quorum=q)
         for m, t, g, iou, q in zip(members, tool, gated, ious, in_quorum)
     ]
-    return rewards, sum(in_quorum)
+    return GroupRewards(rewards, sum(in_quorum), consensus)

@@ -33,6 +33,7 @@ Scoring: the configured ``reward.custom_reward_function``, else :func:`medvr_ver
 from __future__ import annotations
 
 import inspect
+import json
 import logging
 import math
 import os
@@ -40,12 +41,13 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 from verl import DataProto
 from verl.experimental.reward_loop.reward_manager import register
 from verl.experimental.reward_loop.reward_manager.base import RewardManagerBase
 
 from medvr_verl import scoring
-from medvr_verl.composite import TOOL_REWARD_VARIANTS, MemberOutcome, group_rewards
+from medvr_verl.composite import TOOL_REWARD_VARIANTS, GroupRewards, MemberOutcome, group_rewards
 from medvr_verl.tool_calls import DEFAULT_TOOL_NAME, trajectory_boxes
 
 logger = logging.getLogger(__name__)
@@ -114,29 +116,21 @@ class MedVRCCARewardManager(RewardManagerBase):
 
     # -- whole group in one call -----------------------------------------------------------------
     async def _run_group(self, data: DataProto) -> dict:
-        outcomes = [await self._score_row(data[i : i + 1]) for i in range(len(data))]
-        rewards, quorum = group_rewards(
-            [o[0] for o in outcomes], self.settings.tool_reward, self.settings.eta, self.settings.w_tool
-        )
-        results = [
-            self._result(outcome, reward, quorum, len(data), partial=False)
-            for outcome, reward in zip(outcomes, rewards)
-        ]
+        scored = [await self._score_row(data[i : i + 1]) for i in range(len(data))]
+        group = self._group_rewards([outcome for outcome, _ in scored])
+        results = [self._result(info, group, i, partial=False) for i, (_, info) in enumerate(scored)]
         return {**results[-1], GROUP_REWARDS_KEY: results}
 
     # -- one trajectory per call: meet the group in the broker -------------------------------------
     async def _run_member(self, data: DataProto) -> dict:
-        outcome = await self._score_row(data)
+        outcome, info = await self._score_row(data)
         uid = data.non_tensor_batch.get("uid")
         if uid is None:  # no group identity: the trajectory is its own group
-            rewards, quorum = group_rewards(
-                [outcome[0]], self.settings.tool_reward, self.settings.eta, self.settings.w_tool
-            )
-            return self._result(outcome, rewards[0], quorum, 1, partial=False)
+            return self._result(info, self._group_rewards([outcome]), 0, partial=False)
 
         member_id = uuid.uuid4().hex
         expected = self._expected_group_size(data.non_tensor_batch.get("extra_info", [None])[0])
-        payload = {"base_score": outcome[0].base_score, "acc": outcome[0].acc, "boxes": list(outcome[0].boxes)}
+        payload = {"base_score": outcome.base_score, "acc": outcome.acc, "boxes": list(outcome.boxes)}
         joined = await self._get_broker().join.remote(
             str(uid[0]), member_id, payload, expected, self.settings.group_timeout_s
         )
@@ -148,13 +142,15 @@ class MedVRCCARewardManager(RewardManagerBase):
                 expected,
                 "late arrival" if joined["late"] else "timed out",
             )
-        ids = [mid for mid, _ in joined["members"]]
         members = [
-            MemberOutcome(p["base_score"], p["acc"], [tuple(b) for b in p["boxes"]]) for _, p in joined["members"]
+            MemberOutcome(p["base_score"], p["acc"], [(int(k), tuple(b)) for k, b in p["boxes"]])
+            for _, p in joined["members"]
         ]
-        rewards, quorum = group_rewards(members, self.settings.tool_reward, self.settings.eta, self.settings.w_tool)
-        me = ids.index(member_id)
-        return self._result(outcome, rewards[me], quorum, len(members), partial=joined["partial"])
+        me = [mid for mid, _ in joined["members"]].index(member_id)
+        return self._result(info, self._group_rewards(members), me, partial=joined["partial"])
+
+    def _group_rewards(self, members: list[MemberOutcome]) -> GroupRewards:
+        return group_rewards(members, self.settings.tool_reward, self.settings.eta, self.settings.w_tool)
 
     def _expected_group_size(self, extra_info: Any) -> int:
         split = extra_info.get("split") if isinstance(extra_info, dict) else None
@@ -202,19 +198,31 @@ class MedVRCCARewardManager(RewardManagerBase):
             base = acc = float(result)
             info = {}
         boxes, num_invalid, source = trajectory_boxes(tool_extra_fields, response_str, self.settings.tool_name)
-        info.update(acc=acc, num_zoom=len(boxes), num_zoom_invalid=num_invalid, boxes_from_text=source == "text")
+        index = extra_info.get("index", -1)
+        info.update(
+            acc=acc,
+            num_zoom=len(boxes),
+            num_zoom_invalid=num_invalid,
+            boxes_from_text=source == "text",
+            zoom_boxes_json=json.dumps([[k, *box] for k, box in boxes]),
+            group_uid=str(non_tensor.get("uid", "")),
+            sample_index=int(index) if isinstance(index, int | np.integer) else -1,
+        )
         return MemberOutcome(base_score=base, acc=acc, boxes=boxes), info
 
-    def _result(self, outcome, reward, quorum: int, group_size: int, partial: bool) -> dict:
-        _, info = outcome
+    @staticmethod
+    def _result(info: dict, group: GroupRewards, member: int, partial: bool) -> dict:
+        """veRL's reward result of one member; every member's extra info has the same keys."""
+        reward = group.members[member]
         info = {
             **info,
             "tool_reward": reward.tool_reward,
             "cca_iou": reward.iou,
             "cca_in_quorum": reward.in_quorum,
-            "cca_quorum_size": quorum,
-            "cca_group_size": group_size,
+            "cca_quorum_size": group.quorum_size,
+            "cca_group_size": len(group.members),
             "cca_partial_group": partial,
+            "cca_consensus_json": json.dumps([[k, *box] for k, box in group.consensus]),
         }
         info.setdefault("format", 0.0)
         return {"reward_score": reward.reward, "reward_extra_info": info}

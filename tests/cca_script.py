@@ -19,6 +19,8 @@ import re
 
 from PIL import Image
 
+from medvr_verl.testing.harness import make_trainer_config
+
 IMAGE_SIZE = (200, 120)  # original pixels; Qwen2.5-VL's smart_resize makes it 196x112
 TOP_LEFT = [0, 0, 98, 56]
 BOTTOM_RIGHT = [98, 56, 196, 112]
@@ -65,3 +67,27 @@ def chest_image() -> Image.Image:
     image = Image.new("L", IMAGE_SIZE, 20)
     image.paste(200, (10, 10, 90, 55))
     return image.convert("RGB")
+
+
+ZOOM_TOOL_YAML = "${medvr.pkg_file:medvr_verl.recipes.medvr/zoom_tool.yaml}"
+CHAT_TEMPLATE = "${medvr.pkg_text:medvr_verl.recipes.medvr/qwen2_5_vl_tool_chat_template.jinja}"
+
+
+def cca_config(model_path, *extra, n=len(VARIANTS), num_workers=1, **kwargs):
+    """veRL's trainer config with the zoom tool, the tool chat template and medvr_cca (2 reward workers)."""
+    config = make_trainer_config(
+        model_path,
+        [
+            "reward.reward_manager.name=medvr_cca",
+            "reward.num_workers=2",
+            "+reward.reward_kwargs={tool_reward: consensus, eta: 0.5, w_tool: 1.0, group_timeout_s: 120}",
+            f"+actor_rollout_ref.model.custom_chat_template={CHAT_TEMPLATE}",
+            *extra,
+        ],
+        tool_config_path="/placeholder",  # the real path is a package resolver, set below
+        n=n,
+        num_workers=num_workers,
+        **{"max_assistant_turns": 3, **kwargs},
+    )
+    config.actor_rollout_ref.rollout.multi_turn.tool_config_path = ZOOM_TOOL_YAML
+    return config

@@ -73,3 +73,16 @@ def ray_session():
     ensure_ray(num_cpus=2, extra_sys_paths=[TESTS_DIR, REPO_ROOT])
     yield
     shutdown_ray()
+
+
+@pytest.fixture(scope="session")
+def reward_workers(ray_session, tiny_model_path):
+    """veRL's RewardLoopManager: two real RewardLoopWorker actors running medvr_cca (group size 4)."""
+    import ray
+    from cca_script import cca_config
+    from verl.experimental.reward_loop import RewardLoopManager
+
+    manager = RewardLoopManager(cca_config(tiny_model_path))
+    yield manager.reward_loop_workers
+    for handle in manager.reward_loop_workers:
+        ray.kill(handle)

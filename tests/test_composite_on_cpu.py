@@ -20,8 +20,10 @@ def _group():
 
 
 def test_consensus_variant():
-    rewards, quorum = group_rewards(_group(), "consensus", eta=0.5, w_tool=1.0)
+    result = group_rewards(_group(), "consensus", eta=0.5, w_tool=1.0)
+    rewards, quorum = result.members, result.quorum_size
     assert quorum == 3
+    assert result.consensus == [BOX_A]
     assert [r.tool_reward for r in rewards] == [1.0, 1.0, 0.5, 0.0, 0.0]
     assert [r.reward for r in rewards] == [3.0, 3.0, 2.5, 1.0, 2.0]
     assert [r.in_quorum for r in rewards] == [True, True, True, False, False]
@@ -29,24 +31,28 @@ def test_consensus_variant():
 
 
 def test_correct_variant_rewards_every_correct_zoom():
-    rewards, _ = group_rewards(_group(), "correct", w_tool=0.5)
+    rewards = group_rewards(_group(), "correct", w_tool=0.5).members
     assert [r.reward for r in rewards] == [2.5, 2.5, 2.5, 1.0, 2.0]
 
 
 def test_unconditional_variant_is_not_gated_by_accuracy():
-    rewards, _ = group_rewards(_group(), "unconditional")
+    rewards = group_rewards(_group(), "unconditional").members
     assert [r.reward for r in rewards] == [3.0, 3.0, 3.0, 2.0, 2.0]
 
 
 def test_none_variant_keeps_the_base_score():
-    rewards, _ = group_rewards(_group(), "none")
+    rewards = group_rewards(_group(), "none").members
     assert [r.reward for r in rewards] == [m.base_score for m in _group()]
 
 
 def test_all_wrong_gets_no_tool_reward():
     members = [MemberOutcome(0.5, 0.0, [BOX_A]) for _ in range(4)]
-    rewards, quorum = group_rewards(members)
-    assert quorum == 0 and all(r.reward == 0.5 and r.tool_reward == 0.0 for r in rewards)
+    result = group_rewards(members)
+    assert (
+        result.quorum_size == 0
+        and result.consensus == []
+        and all(r.reward == 0.5 and r.tool_reward == 0.0 for r in result.members)
+    )
 
 
 def test_unknown_variant_is_refused():

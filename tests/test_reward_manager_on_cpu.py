@@ -19,41 +19,17 @@ import pytest
 import ray
 import torch
 import verl  # noqa: F401  (loads the plugin)
-from cca_script import OPTIONS, VARIANTS, chest_image, make_script, variant_of
+from cca_script import OPTIONS, VARIANTS, cca_config, chest_image, make_script, variant_of
 from tensordict import TensorDict
 from verl.protocol import DataProto
 from verl.utils.config import omega_conf_to_dataclass
 
 from medvr_verl.group_broker import GroupBroker
 from medvr_verl.reward_manager import GROUP_META_KEY, GROUP_REWARDS_KEY, CCARewardSettings
-from medvr_verl.testing.harness import make_agent_batch, make_sample, make_trainer_config, run_agent_loop_worker
+from medvr_verl.testing.harness import make_agent_batch, make_sample, run_agent_loop_worker
 from medvr_verl.testing.scripted_server import ScriptedLLMClient
 
-ZOOM_TOOL_YAML = "${medvr.pkg_file:medvr_verl.recipes.medvr/zoom_tool.yaml}"
-CHAT_TEMPLATE = "${medvr.pkg_text:medvr_verl.recipes.medvr/qwen2_5_vl_tool_chat_template.jinja}"
 MC = {"question_type": "multiple_choice", "options": OPTIONS}
-
-
-def cca_config(model_path, *extra, n=4, num_workers=1):
-    return make_trainer_config(
-        model_path,
-        [
-            "reward.reward_manager.name=medvr_cca",
-            "reward.num_workers=2",
-            "+reward.reward_kwargs={tool_reward: consensus, eta: 0.5, w_tool: 1.0, group_timeout_s: 120}",
-            f"+actor_rollout_ref.model.custom_chat_template={CHAT_TEMPLATE}",
-            *extra,
-        ],
-        tool_config_path="/placeholder",  # replaced below: the path is a package resolver
-        n=n,
-        num_workers=num_workers,
-        max_assistant_turns=3,
-    )
-
-
-def _with_zoom_tool(config):
-    config.actor_rollout_ref.rollout.multi_turn.tool_config_path = ZOOM_TOOL_YAML
-    return config
 
 
 def test_config_resolves_through_veRL(tiny_model_path):
@@ -61,7 +37,7 @@ def test_config_resolves_through_veRL(tiny_model_path):
 
     from medvr_verl.reward_manager import MedVRCCARewardManager
 
-    config = _with_zoom_tool(cca_config(tiny_model_path))
+    config = cca_config(tiny_model_path)
     # the lookup veRL's RewardLoopManager and RewardLoopWorker make
     assert resolve_reward_manager_cls(config) is MedVRCCARewardManager
     # (veRL 0.9.1's RewardManagerConfig dataclass cannot be built at all: its __post_init__ calls a
@@ -86,17 +62,6 @@ def test_bad_settings_are_refused_clearly(kwargs, message):
         CCARewardSettings(**kwargs)
 
 
-@pytest.fixture(scope="module")
-def reward_workers(ray_session, tiny_model_path):
-    """veRL's RewardLoopManager: two real RewardLoopWorker actors running medvr_cca."""
-    from verl.experimental.reward_loop import RewardLoopManager
-
-    manager = RewardLoopManager(_with_zoom_tool(cca_config(tiny_model_path)))
-    yield manager.reward_loop_workers
-    for handle in manager.reward_loop_workers:
-        ray.kill(handle)
-
-
 def _responses(output, tokenizer):
     width = output.batch["responses"].shape[1]
     masks = output.batch["attention_mask"][:, -width:].bool()
@@ -113,7 +78,7 @@ def tokenizer(tiny_model_path):
 @pytest.mark.vl_stack
 def test_stock_worker_and_tool_agent_get_consensus_rewards(tiny_model_path, reward_workers, tokenizer):
     """(b): veRL's stock AgentLoopWorker and tool_agent; only the reward manager is ours."""
-    config = _with_zoom_tool(cca_config(tiny_model_path))
+    config = cca_config(tiny_model_path)
     samples = [
         make_sample(f"[script:p{i}] Which lung is abnormal?", images=[chest_image()], extra_info=MC, ground_truth="A")
         for i in range(2)

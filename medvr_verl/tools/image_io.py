@@ -33,6 +33,7 @@ from PIL import Image
 __all__ = [
     "USE_PIL_LIMIT",
     "ImageTooLargeError",
+    "OriginalImages",
     "check_pixel_budget",
     "intensity_window",
     "is_high_bit_depth",
@@ -405,3 +406,60 @@ def load_medical_image(source: ImageSource, *, frame: int = 0, max_image_pixels:
         img.seek(frame)
     img.load()  # truncated files raise OSError (unless the caller set ImageFile.LOAD_TRUNCATED_IMAGES)
     return to_8bit(img)
+
+
+class OriginalImages:
+    """The prompt's images as the dataset holds them, before veRL's vision path resizes them.
+
+    veRL (``qwen_vl_utils.fetch_image``) shrinks every prompt image to the processor's pixel budget
+    before the model sees it, and keeps only that copy. The zoom tool crops where the detail is: in
+    the image as stored. This reads the image items of the chat ``messages`` in the order veRL
+    extracts them (content items with an ``image`` / ``image_url`` key or ``type`` ``image``) and
+    loads each on first use: a ``PIL.Image`` as is, ``{"bytes": ...}`` / bytes, a local path or
+    ``file://`` URL (DICOM too, via :func:`load_medical_image`), or a base64 ``data:image`` URL.
+    Anything else (a remote URL) gives ``None`` and the tool falls back to veRL's copy.
+    """
+
+    def __init__(self, messages: list[dict]):
+        self._sources: list[Any] = []
+        for message in messages or []:
+            content = message.get("content") if isinstance(message, dict) else None
+            if not isinstance(content, list):
+                continue
+            for item in content:
+                if isinstance(item, dict) and ("image" in item or "image_url" in item or item.get("type") == "image"):
+                    self._sources.append(item.get("image", item.get("image_url", item)))
+        self._cache: dict[int, Image.Image | None] = {}
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return len(self._sources)
+
+    def get(self, index: int) -> Image.Image | None:
+        """Prompt image ``index`` at its stored resolution, or ``None`` when it cannot be read here."""
+        if not 0 <= index < len(self._sources):
+            return None
+        with self._lock:
+            if index not in self._cache:
+                self._cache[index] = self._load(self._sources[index])
+            return self._cache[index]
+
+    @staticmethod
+    def _load(source: Any) -> Image.Image | None:
+        if isinstance(source, Image.Image):
+            return source
+        if isinstance(source, dict):
+            source = source.get("bytes", source.get("image", source.get("path")))
+        if isinstance(source, str):
+            if source.startswith("data:image"):
+                import base64
+
+                source = base64.b64decode(source.split(",", 1)[1])
+            elif source.startswith("file://"):
+                source = source[len("file://") :]
+            elif "://" in source:
+                return None
+        try:
+            return load_medical_image(source) if source is not None else None
+        except Exception:
+            return None

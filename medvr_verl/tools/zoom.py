@@ -107,6 +107,8 @@ TOOL_NAME = "image_zoom_in_tool"
 CALLS_KEY = "medvr_zoom_calls"
 PROVENANCE_KEY = "medvr_image_provenance"
 PROVENANCE_INFO_KEY = "medvr_provenance"
+ORIGINALS_ATTR = "medvr_originals"
+"""``AgentData`` attribute: the prompt images at stored resolution (``image_io.OriginalImages``)."""
 
 DEFAULT_IMAGE_INDEX = 0
 MAX_ASPECT_RATIO = 200  # smart_resize raises above this
@@ -425,13 +427,25 @@ class ZoomInTool(BaseTool):
         img = image_data[index]
         if not isinstance(img, Image.Image):
             raise _ToolError(f"image {index} is not a decoded image and cannot be zoomed into.")
-        return {"img": img, "index": index, "raw_bbox": raw_bbox, "provenance": provenance[index], "record": record}
+        # A prompt image is cropped from its stored original when the agent loop keeps one
+        # (medvr_agent: agent_data.medvr_originals); veRL's own copy is already downsized.
+        originals = getattr(agent_data, ORIGINALS_ATTR, None)
+        source = originals.get(index) if originals is not None and provenance[index].get("box") is None else None
+        return {
+            "img": img,
+            "source": source,
+            "index": index,
+            "raw_bbox": raw_bbox,
+            "provenance": provenance[index],
+            "record": record,
+        }
 
     def _render(self, plan: dict[str, Any]) -> tuple[Image.Image, dict[str, Any]]:
         """Map, crop, convert and resize (CPU work; runs in the executor). Raises _ToolError."""
-        img: Image.Image = plan["img"]
         index: int = plan["index"]
         record: dict[str, Any] = plan["record"]
+        seen_w, seen_h = plan["img"].size  # the copy the processor turns into the model's input
+        img: Image.Image = plan["source"] or plan["img"]  # what is cropped: the original when kept
         width, height = img.size
         record["image_size"] = [int(width), int(height)]
         try:
@@ -439,7 +453,7 @@ class ZoomInTool(BaseTool):
         except ImageTooLargeError as exc:
             raise _ToolError(f"image {index} is too large to zoom into: {exc}.") from None
         try:
-            model_w, model_h = self.model_size(width, height)
+            model_w, model_h = self.model_size(seen_w, seen_h)
         except (ValueError, ZeroDivisionError) as exc:
             raise _ToolError(f"image {index} cannot be zoomed into ({exc}).") from None
         record["model_size"] = [model_w, model_h]

@@ -1,0 +1,174 @@
+"""medvr_agent through veRL's real AgentLoopWorker, and the recipe's GroupAgentLoopManager.
+
+A tiny random-weight Qwen2.5-VL supplies the real tokenizer, processor and mrope positions; a
+scripted client behind veRL's LLMServerClient interface plays the vLLM server.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import ray
+import verl  # noqa: F401  (loads the plugin)
+from cca_script import BOTTOM_RIGHT, OPTIONS, TOP_LEFT, VARIANTS, cca_config, chest_image, make_script, variant_of
+from cca_script import zoom_call as zoom
+
+from medvr_verl.rollout import GroupAgentLoopManager, split_groups
+from medvr_verl.testing.harness import make_agent_batch, make_sample, run_agent_loop_worker
+from medvr_verl.testing.scripted_server import ScriptedLLMClient
+
+pytestmark = pytest.mark.vl_stack
+MC = {"question_type": "multiple_choice", "options": OPTIONS}
+ANSWER = "<think>now I see it</think><answer>A</answer>"
+
+
+@pytest.fixture(scope="module")
+def tokenizer(tiny_model_path):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(tiny_model_path)
+
+
+def _turn_of_length(tokenizer, target_tokens, suffix):
+    """A thought followed by ``suffix`` (a zoom call), about ``target_tokens`` tokens in all."""
+    words = []
+    while len(tokenizer.encode("<think>" + " ".join(words) + "</think>" + suffix)) < target_tokens:
+        words.append("lesion")
+    return "<think>" + " ".join(words) + "</think>" + suffix
+
+
+@pytest.fixture(scope="module")
+def medvr_run(ray_session, tiny_model_path, tokenizer):
+    """One batch of six scripted trajectories through the stock AgentLoopWorker with medvr_agent."""
+    config = cca_config(tiny_model_path, n=1, max_parallel_calls=1)
+    turns = {
+        "zoom": [f"<think>zoom</think>{zoom(TOP_LEFT)}", ANSWER],
+        "malformed": ["<think>x</think><tool_call>{not json</tool_call>", ANSWER],
+        "unknown": ['<tool_call>{"name": "ruler", "arguments": {"a": 1}}</tool_call>', ANSWER],
+        "badargs": [zoom([1, 2, 3]), ANSWER],
+        "many": [f"<think>two</think>{zoom(TOP_LEFT)}{zoom(BOTTOM_RIGHT)}", ANSWER],
+        # fits the 256-token response, but its tool response (crop tokens included) would not
+        "budget": [_turn_of_length(tokenizer, 230, zoom(TOP_LEFT)), ANSWER],
+    }
+    samples = [make_sample(f"[script:{k}] Which lung?", images=[chest_image()], extra_info=MC) for k in turns]
+    batch = make_agent_batch(samples, n=1, agent_name="medvr_agent")
+    output = run_agent_loop_worker(config, batch, ScriptedLLMClient(config, turns=turns, on_exhausted="eos"))
+    rows = {k: i for i, k in enumerate(turns)}
+    return config, output, rows
+
+
+def _column(output, key, row):
+    return output.non_tensor_batch[key][row]
+
+
+def test_batch_layout_matches_veRL(medvr_run, tokenizer):
+    config, output, _ = medvr_run
+    bs = len(output)
+    p, r = config.actor_rollout_ref.rollout.prompt_length, config.actor_rollout_ref.rollout.response_length
+    assert output.batch["prompts"].shape == (bs, p) and output.batch["responses"].shape == (bs, r)
+    assert output.batch["position_ids"].shape == (bs, 4, p + r)  # text row + Qwen2.5-VL's 3 mrope rows
+    image_pad = tokenizer.convert_tokens_to_ids("<|image_pad|>")
+    for row in range(bs):
+        mmi = output.non_tensor_batch["multi_modal_inputs"][row]
+        grid = mmi["image_grid_thw"]
+        # every image in the context has its grid row, and all its tokens are in the sequence
+        assert int((output.batch["input_ids"][row] == image_pad).sum()) == int(grid.prod(-1).sum() // 4)
+
+
+def test_zoom_is_recorded_with_fork_state(medvr_run, tokenizer):
+    _, output, rows = medvr_run
+    row = rows["zoom"]
+    (record,) = _column(output, "medvr_zoom_calls", row)
+    assert record["valid"] and record["image_index"] == 0
+    assert record["bbox_original"] == pytest.approx([0.0, 0.0, 200 * 98 / 196, 120 * 56 / 112])
+    assert len(output.non_tensor_batch["multi_modal_inputs"][row]["image_grid_thw"]) == 2  # prompt + crop
+
+    (call,) = _column(output, "medvr_tool_calls", row)
+    responses = output.batch["responses"][row]
+    coords = tokenizer.decode(responses[call["coord_start"] : call["coord_end"]])
+    assert coords.strip().startswith("[") and coords.strip().endswith("]") and "98" in coords
+    # the fork prefix is the whole context up to the coordinates
+    prompt_len = int(output.batch["attention_mask"][row, : output.batch["prompts"].shape[1]].sum())
+    full = output.batch["input_ids"][row, output.batch["prompts"].shape[1] - prompt_len :]
+    prefix = tokenizer.decode(full[: call["fork_prefix_len"]])
+    # (the token holding "[" may carry the space before it: the fork resamples from that token on)
+    assert prefix.rstrip().endswith('"bbox_2d":') and prefix.count("<|vision_start|>") == call["num_images"] == 1
+
+    mask = output.batch["response_mask"][row]
+    assert mask[call["coord_start"] : call["coord_end"]].all()  # generated tokens
+    tool_tokens = tokenizer.decode(responses[mask == 0][: int((mask == 0).sum())])
+    assert "<tool_response>" in tool_tokens  # the tool's tokens are masked out
+    turns = _column(output, "medvr_turns", row)
+    assert [t["start"] for t in turns][0] == 0 and len(turns) == 2
+
+
+@pytest.mark.parametrize("key, valid", [("badargs", [False]), ("unknown", []), ("malformed", [])])
+def test_bad_calls_never_break_the_trajectory(medvr_run, tokenizer, key, valid):
+    _, output, rows = medvr_run
+    row = rows[key]
+    records = _column(output, "medvr_zoom_calls", row) or []
+    assert [r["valid"] for r in records] == valid
+    text = tokenizer.decode(output.batch["responses"][row], skip_special_tokens=True)
+    if key == "badargs":
+        assert "Error" in text and "4 numbers" in text and "<answer>A</answer>" in text
+    if key == "unknown":
+        assert "Unknown function 'ruler'" in text and "<answer>A</answer>" in text
+    if key == "malformed":  # no parsable call: the turn is the final answer attempt
+        assert "<answer>" not in text and len(_column(output, "medvr_turns", row)) == 1
+
+
+def test_only_max_parallel_calls_run(medvr_run):
+    _, output, rows = medvr_run
+    row = rows["many"]
+    assert len(_column(output, "medvr_zoom_calls", row)) == 1
+    assert len(_column(output, "medvr_tool_calls", row)) == 1
+
+
+def test_budget_ends_before_an_image_that_would_not_fit(medvr_run, tokenizer):
+    config, output, rows = medvr_run
+    row = rows["budget"]
+    r = config.actor_rollout_ref.rollout.response_length
+    length = int(output.batch["attention_mask"][row, -r:].sum())
+    assert length <= r
+    # the zoom ran, but its crop would have overflowed the response: it never entered the context
+    assert len(_column(output, "medvr_zoom_calls", row)) == 1
+    assert len(output.non_tensor_batch["multi_modal_inputs"][row]["image_grid_thw"]) == 1
+    assert "<tool_response>" not in tokenizer.decode(output.batch["responses"][row])
+
+
+# ---- the recipe setting: GroupAgentLoopManager + medvr_agent + medvr_cca --------------------------
+
+
+def test_split_groups_never_cuts_a_group():
+    uids = np.array(["a", "a", "b", "b", "c", "c"], dtype=object)
+    assert split_groups(uids, 2) == [(0, 4), (4, 6)]  # veRL's equal chunks would cut group b
+    assert split_groups(uids, 4) == [(0, 2), (2, 4), (4, 6), (6, 6)]
+    assert split_groups(np.array(["a"] * 5, dtype=object), 3) == [(0, 5), (5, 5), (5, 5)]
+
+
+def test_group_manager_scores_whole_groups(ray_session, tiny_model_path, reward_workers, tokenizer):
+    config = cca_config(tiny_model_path, num_workers=2)
+    samples = [
+        make_sample(f"[script:p{i}] Which lung?", images=[chest_image()], extra_info=MC, ground_truth="A")
+        for i in range(3)
+    ]
+    batch = make_agent_batch(samples, n=len(VARIANTS), agent_name="medvr_agent")
+    client = ScriptedLLMClient(config, script=make_script())
+    manager = GroupAgentLoopManager.create(
+        config=config, llm_client=client, teacher_client=None, reward_loop_worker_handles=reward_workers
+    )
+    try:
+        output = manager.generate_sequences(batch)
+    finally:
+        for worker in manager.agent_loop_workers:
+            ray.kill(worker)
+
+    width = output.batch["responses"].shape[1]
+    masks = output.batch["attention_mask"][:, -width:].bool()
+    variants = [variant_of(tokenizer.decode(r[m])) for r, m in zip(output.batch["responses"], masks)]
+    assert output.batch["rm_scores"].sum(-1).tolist() == pytest.approx([VARIANTS[v][2] for v in variants])
+    assert list(output.non_tensor_batch["group_uid"]) == list(batch.non_tensor_batch["uid"])  # order kept
+    assert output.non_tensor_batch["cca_group_size"].tolist() == [4] * 12
+    timing = output.meta_info["timing"]
+    assert timing["medvr/acc/mean"] == pytest.approx(0.75)
+    assert timing["medvr/tool_reward/mean"] == pytest.approx(np.mean([v[3] for v in VARIANTS]))
