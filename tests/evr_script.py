@@ -1,0 +1,72 @@
+"""A scripted EVR group: base trajectories that are sure or unsure where to look, and forks.
+
+Base trajectories alternate per prompt: even ones write their zoom coordinates with flat, low
+entropy; odd ones with an entropy spike on the coordinate tokens. A fork's request ends inside a
+zoom call, right before the coordinates; the script then continues with other coordinates.
+"""
+
+from __future__ import annotations
+
+import itertools
+import re
+
+from cca_script import BOTTOM_RIGHT, TOP_LEFT, zoom_call
+
+from medvr_verl.testing.scripted_server import ScriptedTurn
+
+LOW, SPIKE = 0.1, 3.0
+ANSWER = "<think>seen it</think><answer>A</answer>"
+_BASE = re.compile(r"base (\d+)")
+
+
+class EVRScript:
+    """``ScriptedLLMClient`` script; ``entropy=False`` models a server that returns none."""
+
+    def __init__(self, model_path: str, entropy: bool = True):
+        self.model_path = str(model_path)
+        self.entropy = entropy
+        self._counters: dict[str, itertools.count] = {}
+        self._tokenizer = None
+
+    def __call__(self, ctx):
+        if ctx.text.rstrip().endswith('"bbox_2d":'):  # a fork: resample the coordinates
+            return ScriptedTurn(" " + str(BOTTOM_RIGHT) + "}}</tool_call>", extra_fields=self._entropies(False))
+        if ctx.turn == 0:
+            k = next(self._counters.setdefault(ctx.key, itertools.count()))
+            text = f"<think>base {k}: where is the lesion?</think>" + zoom_call(TOP_LEFT)
+            return ScriptedTurn(text, extra_fields=self._entropies(k % 2 == 1))
+        return ScriptedTurn(ANSWER, extra_fields=self._entropies(False))
+
+    def _entropies(self, spike: bool):
+        if not self.entropy:
+            return None
+
+        def per_token(token_ids, ctx):
+            values = [LOW] * len(token_ids)
+            if spike:
+                tok = self.tokenizer
+                text = tok.decode(token_ids)
+                start = text.find('"bbox_2d"')
+                for i in range(len(token_ids)):
+                    if len(tok.decode(token_ids[: i + 1])) > start:
+                        values[i:] = [SPIKE] * (len(token_ids) - i)
+                        break
+            return {"token_entropy": values}
+
+        return per_token
+
+    @property
+    def tokenizer(self):
+        if self._tokenizer is None:
+            from transformers import AutoTokenizer
+
+            self._tokenizer = AutoTokenizer.from_pretrained(self.model_path)
+        return self._tokenizer
+
+    def __getstate__(self):
+        return {**self.__dict__, "_tokenizer": None}
+
+
+def base_index(text: str) -> int | None:
+    found = _BASE.search(text)
+    return int(found.group(1)) if found else None
