@@ -125,3 +125,41 @@ def test_settings_are_validated():
         EVRSettings(p_base=1.5)
     with pytest.raises(ValueError, match="tool_window"):
         EVRSettings(tool_window=0)
+
+
+def test_evr_on_real_distributions_of_the_tiny_model(ray_session, tiny_model_path, reward_workers, tokenizer):
+    """The same group with logprobs and entropies from the tiny model's real forward passes."""
+    from medvr_verl.testing.real_logprob_client import RealLogprobLLMClient
+
+    config = cca_config(tiny_model_path, "+actor_rollout_ref.rollout.custom={evr: {seed: 0}}", num_workers=1)
+    batch = make_agent_batch(
+        [make_sample("[script:p0] Which lung?", images=[chest_image()], extra_info=MC)], n=4, agent_name="medvr_agent"
+    )
+    client = RealLogprobLLMClient(config, script=EVRScript(tiny_model_path, entropy=False))
+    manager = EVRAgentLoopManager.create(
+        config=config, llm_client=client, teacher_client=None, reward_loop_worker_handles=reward_workers
+    )
+    try:
+        output = manager.generate_sequences(batch)
+    finally:
+        for worker in manager.agent_loop_workers:
+            ray.kill(worker)
+
+    forks = output.non_tensor_batch["medvr_fork"]
+    assert [f is not None for f in forks] == [False, False, True, True]
+    for row in range(4):
+        entropies = [e for turn in output.non_tensor_batch["medvr_turns"][row] for e in (turn["entropy"] or [])]
+        # a random-weight model over a 448-token vocabulary: entropies well above zero, all different
+        assert len(entropies) > 10 and min(entropies) > 0.5 and len(set(entropies)) > len(entropies) // 2
+    assert output.meta_info["timing"]["medvr/evr/delta_h/mean"] != 0.0
+
+    # the rollout logprobs are the model's own: recompute one trajectory's first turn in this process
+    row = 0
+    turn = output.non_tensor_batch["medvr_turns"][row][0]
+    prompt_len = int(output.batch["attention_mask"][row, : output.batch["prompts"].shape[1]].sum())
+    prompt = output.batch["prompts"][row, -prompt_len:].tolist()
+    tokens = output.batch["responses"][row, turn["start"] : turn["start"] + turn["length"]].tolist()
+    logprobs, estimated, exact = client.score(prompt, tokens, [chest_image().resize((196, 112))])
+    got = output.batch["rollout_log_probs"][row, turn["start"] : turn["start"] + turn["length"]].tolist()
+    assert got == pytest.approx(logprobs, abs=1e-4)
+    assert all(e <= x + 1e-5 for e, x in zip(estimated, exact))  # the estimator is a lower bound
