@@ -200,7 +200,33 @@ class GroupAgentLoopManager(AgentLoopManager):
         timing.update(reward_statistics(output))
         timing.update(merge_worker_stats(worker_stats))
         output.meta_info = {"timing": timing, **outputs[0].meta_info}
+        self._maybe_write_overlays(prompts, output)
         return output
+
+    def _maybe_write_overlays(self, prompts: DataProto, output: DataProto) -> None:
+        """Every ``rollout.custom.viz.interval`` training steps, draw a few groups' zooms and consensus."""
+        viz = dict((self.rollout_config.get("custom", None) or {}).get("viz", None) or {})
+        step = prompts.meta_info.get("global_steps", -1)
+        if not viz.get("dir") or prompts.meta_info.get("validate", False) or step < 0:
+            return
+        if step % int(viz.get("interval", 50)) != 0 or "rm_scores" not in output.batch.keys():
+            return
+        from medvr_verl.tools.image_io import OriginalImages
+        from medvr_verl.viz import write_step_overlays
+
+        keys = [k for k in output.meta_info.get("reward_extra_keys", []) if k in output.non_tensor_batch]
+        scores = output.batch["rm_scores"].sum(-1).tolist()
+        images, records = [], []
+        for start, end in group_spans(prompts.non_tensor_batch["uid"])[: int(viz.get("max_groups", 2)) * 4]:
+            originals = OriginalImages(list(prompts.non_tensor_batch["raw_prompt"][start]))
+            images.append([originals.get(i) for i in range(len(originals))])
+            records.append(
+                [{**{k: output.non_tensor_batch[k][i] for k in keys}, "score": scores[i]} for i in range(start, end)]
+            )
+        try:
+            write_step_overlays(viz["dir"], step, images, records, int(viz.get("max_groups", 2)))
+        except Exception:  # drawing must never cost a training step
+            logger.exception("medvr: writing step %s overlays failed", step)
 
 
 def reward_statistics(output: DataProto) -> dict[str, float]:

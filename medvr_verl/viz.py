@@ -8,8 +8,8 @@ Pure Pillow + numpy (no matplotlib); imports neither veRL nor torch. Three ways 
 * The CLI, over the JSONL files veRL dumps when ``trainer.rollout_data_dir`` (training) or
   ``trainer.validation_data_dir`` is set::
 
-      python -m medvr_verl.viz ROLLOUTS.jsonl [MORE.jsonl | DIR ...] --data train.parquet --out viz/ \\
-          [--step S] [--max-groups N] [--max-side 1024]
+      python -m medvr_verl.viz ROLLOUTS.jsonl [MORE.jsonl | DIR ...] --data train.parquet [--data more.parquet] \\
+          --out viz/ [--step S] [--max-groups N] [--max-side 1024]
 
 What a picture shows
 --------------------
@@ -23,7 +23,8 @@ tool reward, IoU with the consensus (``-`` outside the quorum) and its number of
 
 Fields read from each trajectory's record (``reward_extra_info`` of the ``medvr_cca`` manager, and
 so also every line of veRL's dump): ``zoom_boxes_json`` and ``cca_consensus_json`` (JSON lists of
-``[image_index, x1, y1, x2, y2]`` in original-image pixels), ``uid``, ``sample_index`` (dataset row,
+``[image_index, x1, y1, x2, y2]`` in original-image pixels), ``group_uid`` (the group's ``uid``; a
+plain ``uid`` field is read when ``group_uid`` is absent or empty), ``sample_index`` (dataset row,
 ``extra_info.index``; -1 unknown), ``acc``, ``tool_reward``, ``cca_iou``, ``score`` (the composite
 reward; veRL's dump puts the summed token-level score there), optionally ``cca_in_quorum`` and
 ``cca_quorum_size``. Values that went through ``json.dumps(default=str)`` as strings are accepted.
@@ -103,7 +104,7 @@ IMAGE_FIELDS = ("images",)
 # Record fields written by the medvr_cca reward manager (see the module docstring).
 F_BOXES = "zoom_boxes_json"
 F_CONSENSUS = "cca_consensus_json"
-F_UID = "uid"
+F_UIDS = ("group_uid", "uid")  # first non-empty wins
 F_INDEX = "sample_index"
 
 
@@ -262,12 +263,14 @@ def _overlaps(a, b) -> bool:
 
 
 def _fit_scale(size: tuple[int, int], max_side: int, min_side: int) -> tuple[int, int]:
+    """Drawn size: longer side shrunk to ``max_side``, or a small image enlarged by the smallest integer
+    factor that brings its longer side to ``min_side`` (never beyond ``max_side``)."""
     w, h = size
     longest = max(w, h)
     if longest > max_side:
         s = max_side / longest
     elif 0 < longest < min_side:
-        s = float(max(1, min_side // longest))  # integer factor: crisp nearest-neighbour pixels
+        s = float(max(1, min(math.ceil(min_side / longest), max_side // longest)))  # crisp pixels
     else:
         return w, h
     return max(1, round(w * s)), max(1, round(h * s))
@@ -296,7 +299,8 @@ def render_group_overlay(
         consensus: the consensus region on this image as ``(x1, y1, x2, y2)`` rectangles (pixels).
         title: a line above the picture (truncated to fit).
         max_side: longer side of the drawn image at most this (aspect kept, boxes scaled with it).
-        min_side: images whose longer side is below this are enlarged by an integer factor.
+        min_side: images whose longer side is below this are enlarged by the smallest integer factor
+            that reaches it (nearest neighbour), within ``max_side``.
 
     Returns:
         RGB image: the drawn image at the top left (below the title bar, if any), legend on the right.
@@ -619,11 +623,15 @@ def members_from_records(records: Sequence[Mapping[str, Any]]) -> tuple[list[Mem
 
 
 def _uid_of(rec: Mapping[str, Any]) -> str | None:
-    uid = rec.get(F_UID)
-    if uid is None or (isinstance(uid, float) and math.isnan(uid)):
-        return None
-    uid = str(uid).strip()
-    return uid if uid and uid.lower() not in ("none", "nan") else None
+    """The group id of a record: ``group_uid`` (what ``medvr_cca`` writes), else ``uid``; None if empty."""
+    for key in F_UIDS:
+        uid = rec.get(key)
+        if uid is None or (isinstance(uid, float) and math.isnan(uid)):
+            continue
+        uid = str(uid).strip()
+        if uid and uid.lower() not in ("none", "nan"):
+            return uid
+    return None
 
 
 def _uid8(uid: str | None) -> str:
@@ -815,7 +823,7 @@ class ParquetImages:
 
     def _extra_info_index(self) -> dict[int, int] | None:
         mapping: dict[int, int] = {}
-        for path, pf, first in self._parts:
+        for _path, pf, first in self._parts:
             if "extra_info" not in pf.schema_arrow.names:
                 return None
             values = pf.read(columns=["extra_info"]).column("extra_info").to_pylist()
@@ -1044,7 +1052,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         "(trainer.rollout_data_dir / trainer.validation_data_dir JSONL) over the dataset images.",
     )
     parser.add_argument("rollouts", nargs="+", help="rollout JSONL file(s) or folder(s) of {step}.jsonl")
-    parser.add_argument("--data", nargs="+", required=True, help="veRL dataset parquet file(s), in training order")
+    parser.add_argument(
+        "--data",
+        action="append",
+        required=True,
+        help="veRL dataset parquet file; repeat for several files, in the order the trainer concatenates them",
+    )
     parser.add_argument("--out", required=True, help="output folder for the PNG files")
     parser.add_argument("--step", type=int, default=None, help="only records of this training step")
     parser.add_argument("--max-groups", type=int, default=None, help="draw at most this many groups (with boxes)")

@@ -146,13 +146,14 @@ def test_split_groups_never_cuts_a_group():
     assert split_groups(np.array(["a"] * 5, dtype=object), 3) == [(0, 5), (5, 5), (5, 5)]
 
 
-def test_group_manager_scores_whole_groups(ray_session, tiny_model_path, reward_workers, tokenizer):
-    config = cca_config(tiny_model_path, num_workers=2)
+def test_group_manager_scores_whole_groups(ray_session, tiny_model_path, reward_workers, tokenizer, tmp_path):
+    viz = f"+actor_rollout_ref.rollout.custom={{viz: {{dir: {tmp_path}, interval: 5, max_groups: 2}}}}"
+    config = cca_config(tiny_model_path, viz, num_workers=2)
     samples = [
         make_sample(f"[script:p{i}] Which lung?", images=[chest_image()], extra_info=MC, ground_truth="A")
         for i in range(3)
     ]
-    batch = make_agent_batch(samples, n=len(VARIANTS), agent_name="medvr_agent")
+    batch = make_agent_batch(samples, n=len(VARIANTS), agent_name="medvr_agent", meta_info={"global_steps": 10})
     client = ScriptedLLMClient(config, script=make_script())
     manager = GroupAgentLoopManager.create(
         config=config, llm_client=client, teacher_client=None, reward_loop_worker_handles=reward_workers
@@ -172,3 +173,5 @@ def test_group_manager_scores_whole_groups(ray_session, tiny_model_path, reward_
     timing = output.meta_info["timing"]
     assert timing["medvr/acc/mean"] == pytest.approx(0.75)
     assert timing["medvr/tool_reward/mean"] == pytest.approx(np.mean([v[3] for v in VARIANTS]))
+    # step 10 is a multiple of the interval: two groups drawn with their zooms and consensus
+    assert len(sorted(tmp_path.glob("step10_*.png"))) == 2

@@ -51,6 +51,7 @@ from typing import Any
 
 from medvr_verl.data.records import (
     OPTION_LETTERS,
+    SKIP_AMBIGUOUS_ANSWER,
     SKIP_ANSWER_NOT_IN_OPTIONS,
     SKIP_DUPLICATE,
     SKIP_NO_IMAGE,
@@ -227,26 +228,28 @@ def _hf_local_kind(root: Path) -> str | None:
     return None
 
 
-def _hub_parquet_files(root: Path, split: str, dataset: str) -> list[str]:
+def _hub_parquet_files(root: Path, split: str, dataset: str) -> tuple[list[str], str]:
+    """The parquet files of ``split`` in a hub snapshot, and the split name they carry."""
     for name in _split_candidates(split):
         for pattern in (f"data/{name}-*.parquet", f"{name}-*.parquet", f"data/{name}/*.parquet", f"{name}/*.parquet"):
             files = sorted(glob.glob(str(root / pattern)))
             if files:
-                return files
+                return files, name
     found = sorted({Path(f).name.split("-")[0] for f in glob.glob(str(root / "data" / "*.parquet"))})
     raise LayoutError(dataset, root, f"no parquet files for split {split!r} (splits found: {found or 'none'})")
 
 
-def _hf_pick_split(obj: Any, split: str, dataset: str) -> Any:
+def _hf_pick_split(obj: Any, split: str, dataset: str) -> tuple[Any, str]:
     if type(obj).__name__ != "DatasetDict":
-        return obj
+        return obj, split
     for name in _split_candidates(split):
         if name in obj:
-            return obj[name]
+            return obj[name], name
     raise ValueError(f"{dataset}: the DatasetDict has no split {split!r}; splits: {sorted(obj)}")
 
 
 def _hf_dataset_rows(ds: Any, dataset: str) -> Iterator[dict]:
+    """Rows of a ``datasets.Dataset`` (columns checked now, rows read lazily)."""
     missing = [c for c in ("image", "question", "answer") if c not in ds.column_names]
     if missing:
         raise ValueError(f"{dataset}: the dataset lacks columns {missing}; columns: {ds.column_names}")
@@ -258,7 +261,7 @@ def _hf_dataset_rows(ds: Any, dataset: str) -> Iterator[dict]:
             ds = ds.cast_column("image", datasets.Image(decode=False))
     except ImportError:  # pragma: no cover - a datasets object without datasets installed
         pass
-    yield from ds
+    return iter(ds)
 
 
 def _parquet_rows(files: list[str]) -> Iterator[dict]:
@@ -285,31 +288,37 @@ def _hf_image_ref(value: Any, fallback_name: str) -> ImageRef | None:
     if isinstance(value, (bytes, bytearray)):
         return ImageRef(name=fallback_name, data=bytes(value))
     if hasattr(value, "size") and hasattr(value, "mode"):  # PIL.Image
-        return ImageRef(name=getattr(value, "filename", "") or fallback_name, pil=value)
+        return ImageRef(name=os.path.basename(getattr(value, "filename", "") or "") or fallback_name, pil=value)
     if isinstance(value, str) and os.path.isfile(value):
         return ImageRef.file(value)
     return None
 
 
-def _hf_rows(source: object, split: str, dataset: str) -> Iterator[dict]:
-    """Rows of a Hugging Face copy (object, save_to_disk folder or hub snapshot), validated eagerly."""
+def _hf_rows(source: object, split: str, dataset: str) -> tuple[Iterator[dict], str]:
+    """Rows of a Hugging Face copy (object, save_to_disk folder or hub snapshot), layout checked
+    now, and the name of the split found (``validation`` for ``val``)."""
     if _is_hf_object(source):
-        return _hf_dataset_rows(_hf_pick_split(source, split, dataset), dataset)
+        ds, name = _hf_pick_split(source, split, dataset)
+        return _hf_dataset_rows(ds, dataset), name
     root = _root(source, dataset)
     kind = _hf_local_kind(root)
     if kind == "save_to_disk":
         import datasets
 
-        return _hf_dataset_rows(_hf_pick_split(datasets.load_from_disk(str(root)), split, dataset), dataset)
+        ds, name = _hf_pick_split(datasets.load_from_disk(str(root)), split, dataset)
+        return _hf_dataset_rows(ds, dataset), name
     if kind == "hub_parquet":
-        return _parquet_rows(_hub_parquet_files(root, split, dataset))
-    raise LayoutError(dataset, root, "no Hugging Face dataset found (no dataset_dict.json/state.json, no data/*.parquet)")
+        files, name = _hub_parquet_files(root, split, dataset)
+        return _parquet_rows(files), name
+    raise LayoutError(
+        dataset, root, "no Hugging Face dataset found (no dataset_dict.json/state.json, no data/*.parquet)"
+    )
 
 
 def _read_hf_qa(
     source: object, split: str, *, dataset: str, modality: str | None, report: ConversionReport
 ) -> Iterator[Record]:
-    rows = _hf_rows(source, split, dataset)
+    rows, split = _hf_rows(source, split, dataset)
 
     def generate() -> Iterator[Record]:
         for i, row in enumerate(rows):
@@ -381,7 +390,9 @@ def read_vqa_rad(
     test_keys: set = set()
     if dedupe and split == "train":
         test_keys = {
-            key(e) for e in entries if isinstance(e, Mapping) and _text(e, "phrase_type") in _VQA_RAD_PHRASE_TYPES["test"]
+            key(e)
+            for e in entries
+            if isinstance(e, Mapping) and _text(e, "phrase_type") in _VQA_RAD_PHRASE_TYPES["test"]
         }
 
     def generate() -> Iterator[Record]:
@@ -493,7 +504,9 @@ def read_slake(
     """
     report = _report(report, "slake", split)
     root = _root(source, "slake")
-    json_path = _require(root, _slake_split_file(split), "slake")
+    json_name = _slake_split_file(split)
+    split = json_name[: -len(".json")]
+    json_path = _require(root, json_name, "slake")
     imgs = _require(root, "imgs", "slake", folder=True)
     entries = _records_list(_load_json(json_path, "slake", root), json_path, "slake", root)
 
@@ -509,7 +522,9 @@ def read_slake(
                 report.skip(SKIP_NON_ENGLISH, source_id)
                 continue
             img_name, question, answer = _text(entry, "img_name"), _text(entry, "question"), _text(entry, "answer")
-            bad = next((n for n, v in (("img_name", img_name), ("question", question), ("answer", answer)) if v is None), None)
+            bad = next(
+                (n for n, v in (("img_name", img_name), ("question", question), ("answer", answer)) if v is None), None
+            )
             if bad:
                 report.skip(malformed(bad), source_id)
                 continue
@@ -703,7 +718,7 @@ def read_omnimedvqa(
                     continue
                 letters = _match_option(options, fields["gt_answer"])
                 if len(letters) != 1:
-                    report.skip(SKIP_ANSWER_NOT_IN_OPTIONS, source_id)
+                    report.skip(SKIP_ANSWER_NOT_IN_OPTIONS if not letters else SKIP_AMBIGUOUS_ANSWER, source_id)
                     continue
                 rel = fields["image_path"].replace("\\", "/").lstrip("/")
                 if rel.startswith("./"):
@@ -718,11 +733,7 @@ def read_omnimedvqa(
                     images=[ImageRef.file(root / rel, name=rel)],
                     options=options,
                     modality=_text(entry, "modality_type") or _text(entry, "modality"),
-                    meta={
-                        k: entry[k]
-                        for k in ("dataset", "question_type")
-                        if isinstance(entry.get(k), str)
-                    }
+                    meta={k: entry[k] for k in ("dataset", "question_type") if isinstance(entry.get(k), str)}
                     | {"qa_file": path.name},
                 )
 
@@ -745,8 +756,8 @@ def read_medxpertqa_mm(
     """
     report = _report(report, "medxpertqa_mm", split)
     root = _root(source, "medxpertqa_mm")
-    name = "dev" if split.lower() in ("dev", "val", "validation") else split
-    jsonl = _require(root, f"MM/{name}.jsonl", "medxpertqa_mm")
+    split = "dev" if split.lower() in ("dev", "val", "valid", "validation") else split
+    jsonl = _require(root, f"MM/{split}.jsonl", "medxpertqa_mm")
     image_dir = next((root / d for d in ("images", "MM/images") if (root / d).is_dir()), None)
     if image_dir is None:
         raise LayoutError("medxpertqa_mm", root, "missing folder 'images/' (unpack images.zip at the root)")

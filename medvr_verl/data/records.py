@@ -14,6 +14,7 @@ from typing import Any
 __all__ = [
     "OPTION_LETTERS",
     "QUESTION_TYPES",
+    "SKIP_AMBIGUOUS_ANSWER",
     "SKIP_ANSWER_NOT_IN_OPTIONS",
     "SKIP_DUPLICATE",
     "SKIP_IMAGE_TOO_LARGE",
@@ -47,6 +48,7 @@ SKIP_NO_IMAGE = "no image"
 SKIP_NON_ENGLISH = "non-English question"
 SKIP_UNKNOWN_ANSWER_LABEL = "unknown answer label"
 SKIP_ANSWER_NOT_IN_OPTIONS = "answer matches no option"
+SKIP_AMBIGUOUS_ANSWER = "answer matches several options"
 SKIP_TOO_MANY_OPTIONS = f"more than {len(OPTION_LETTERS)} options"
 SKIP_DUPLICATE = "duplicate (image, question, answer)"
 SKIP_TRAIN_TEST_OVERLAP = "train record also in the test split"
@@ -144,7 +146,9 @@ class Record:
         if len(self.gt_boxes) != len(self.gt_box_labels):
             raise ValueError("gt_boxes and gt_box_labels must have the same length")
         if not self.answer_text:
-            self.answer_text = self.options[self.answer] if self.options and self.answer in self.options else self.answer
+            self.answer_text = (
+                self.options[self.answer] if self.options and self.answer in self.options else self.answer
+            )
 
 
 @dataclass
