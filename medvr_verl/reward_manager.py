@@ -125,7 +125,8 @@ class MedVRCCARewardManager(RewardManagerBase):
     async def _run_member(self, data: DataProto) -> dict:
         outcome, info = await self._score_row(data)
         uid = data.non_tensor_batch.get("uid")
-        if uid is None:  # no group identity: the trajectory is its own group
+        if uid is None or self.settings.tool_reward != "consensus":
+            # only consensus needs the group: the other variants score a trajectory on its own
             return self._result(info, self._group_rewards([outcome]), 0, partial=False)
 
         member_id = uuid.uuid4().hex
