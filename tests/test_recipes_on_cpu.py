@@ -101,3 +101,26 @@ def test_medvlm_r1_recipe_uses_the_scoring_callable(tiny_model_path):
         extra_info={"question_type": "closed"},
     )
     assert result["acc"] == 1.0 and result["format"] == 1.0 and result["score"] == 2.0
+
+
+def test_gpu_smoke_command_composes(tiny_model_path, tmp_path):
+    """examples/gpu_smoke.py's main_ppo overrides are valid against the recipe (checked on CPU)."""
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location("gpu_smoke", Path(__file__).parents[1] / "examples" / "gpu_smoke.py")
+    smoke = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(smoke)
+    cmd = smoke.command(tiny_model_path, tmp_path / "d.parquet", tmp_path, steps=2)
+    assert cmd[1:5] == [
+        "-m",
+        "verl.trainer.main_ppo",
+        "--config-path=pkg://medvr_verl.recipes.medvr",
+        "--config-name=medvr",
+    ]
+    if GlobalHydra.instance().is_initialized():
+        GlobalHydra.instance().clear()
+    with initialize_config_module(config_module="medvr_verl.recipes.medvr", version_base=None):
+        config = compose(config_name="medvr", overrides=cmd[5:])
+    validate_config(config, use_reference_policy=need_reference_policy(config), use_critic=need_critic(config))
+    assert config.trainer.n_gpus_per_node == 1 and config.actor_rollout_ref.rollout.custom.viz.interval == 1
