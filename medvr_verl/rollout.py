@@ -42,8 +42,9 @@ from medvr_verl.entropy import delta_h, plan_forks
 from medvr_verl.reward_manager import GROUP_META_KEY, GROUP_REWARDS_KEY
 
 EVR_SLOT_KEY = "medvr_evr_slot"
-# Per-sample kwargs that only make sense inside this worker process.
-_PROCESS_LOCAL_KWARGS = frozenset(RUNTIME_KWARGS) | {EVR_SLOT_KEY}
+# Per-sample kwargs a group reward call leaves out: process-local ones, and the prompt's messages and
+# images, which every member shares and the reward does not read (they would be pickled M times).
+_NOT_SENT_TO_REWARD = frozenset(RUNTIME_KWARGS) | {EVR_SLOT_KEY, "raw_prompt", "multi_modal_data"}
 
 WORKER_STATS_KEY = "medvr_worker_stats"
 """meta_info key of a worker's step statistics: ``{name: [values]}``, merged by the manager."""
@@ -151,14 +152,14 @@ class GroupAgentLoopWorker(AgentLoopWorker):
             responses[i, :r] = torch.tensor(o.response_ids, dtype=torch.int64)
             attention_mask[i, prompt_len - p : prompt_len + r] = 1
         batch = TensorDict({"prompts": prompts, "responses": responses, "attention_mask": attention_mask}, batch_size=n)
-        keys = set().union(*(kw.keys() for _, kw in members)) - _PROCESS_LOCAL_KWARGS
+        keys = set().union(*(kw.keys() for _, kw in members)) - _NOT_SENT_TO_REWARD
         non_tensor: dict[str, Any] = {}
         for key in keys:
             column = np.empty(n, dtype=object)
             column[:] = [kw.get(key) for _, kw in members]
             non_tensor[key] = column
         extra = np.empty(n, dtype=object)
-        extra[:] = [o.extra_fields for o, _ in members]
+        extra[:] = [{k: v for k, v in o.extra_fields.items() if k not in _NOT_SENT_TO_REWARD} for o, _ in members]
         non_tensor["tool_extra_fields"] = extra
         non_tensor["__num_turns__"] = np.array([o.num_turns for o, _ in members])
         return DataProto(batch=batch, non_tensor_batch=non_tensor, meta_info={GROUP_META_KEY: True})
