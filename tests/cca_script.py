@@ -25,6 +25,7 @@ IMAGE_SIZE = (200, 120)  # original pixels; Qwen2.5-VL's smart_resize makes it 1
 TOP_LEFT = [0, 0, 98, 56]
 BOTTOM_RIGHT = [98, 56, 196, 112]
 OPTIONS = {"A": "left lung", "B": "right lung"}
+MC = {"question_type": "multiple_choice", "options": OPTIONS}
 
 # (box, answer, expected reward, expected tool reward)
 VARIANTS = [

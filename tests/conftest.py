@@ -86,3 +86,11 @@ def reward_workers(ray_session, tiny_model_path):
     yield manager.reward_loop_workers
     for handle in manager.reward_loop_workers:
         ray.kill(handle)
+
+
+@pytest.fixture(scope="session")
+def tokenizer(tiny_model_path):
+    """The tiny model's tokenizer (Qwen2.5-VL's special tokens over a small byte-level BPE)."""
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(tiny_model_path)

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import ray
 import verl  # noqa: F401  (loads the plugin)
-from cca_script import BOTTOM_RIGHT, OPTIONS, TOP_LEFT, VARIANTS, cca_config, chest_image, make_script, variant_of
+from cca_script import BOTTOM_RIGHT, MC, TOP_LEFT, VARIANTS, cca_config, chest_image, make_script, variant_of
 from cca_script import zoom_call as zoom
 
 from medvr_verl.rollout import GroupAgentLoopManager, split_groups
@@ -18,15 +18,7 @@ from medvr_verl.testing.harness import make_agent_batch, make_sample, run_agent_
 from medvr_verl.testing.scripted_server import ScriptedLLMClient
 
 pytestmark = pytest.mark.vl_stack
-MC = {"question_type": "multiple_choice", "options": OPTIONS}
 ANSWER = "<think>now I see it</think><answer>A</answer>"
-
-
-@pytest.fixture(scope="module")
-def tokenizer(tiny_model_path):
-    from transformers import AutoTokenizer
-
-    return AutoTokenizer.from_pretrained(tiny_model_path)
 
 
 def _turn_of_length(tokenizer, target_tokens, suffix):

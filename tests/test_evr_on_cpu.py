@@ -10,7 +10,7 @@ from __future__ import annotations
 import pytest
 import ray
 import verl  # noqa: F401  (loads the plugin)
-from cca_script import OPTIONS, cca_config, chest_image
+from cca_script import MC, cca_config, chest_image
 from evr_script import EVRScript, base_index
 
 from medvr_verl.rollout import EVRAgentLoopManager, EVRSettings
@@ -18,15 +18,7 @@ from medvr_verl.testing.harness import make_agent_batch, make_sample
 from medvr_verl.testing.scripted_server import ScriptedLLMClient
 
 pytestmark = pytest.mark.vl_stack
-MC = {"question_type": "multiple_choice", "options": OPTIONS}
 EVR = "+actor_rollout_ref.rollout.custom={evr: {gamma: 0.5, p_base: 0.0, threshold: 0.5, seed: 0}}"
-
-
-@pytest.fixture(scope="module")
-def tokenizer(tiny_model_path):
-    from transformers import AutoTokenizer
-
-    return AutoTokenizer.from_pretrained(tiny_model_path)
 
 
 def _run(tiny_model_path, reward_workers, *, overrides=(EVR,), meta_info=None, entropy=True, prompts=2):

@@ -19,7 +19,7 @@ import pytest
 import ray
 import torch
 import verl  # noqa: F401  (loads the plugin)
-from cca_script import OPTIONS, VARIANTS, cca_config, chest_image, make_script, variant_of
+from cca_script import MC, VARIANTS, cca_config, chest_image, make_script, variant_of
 from tensordict import TensorDict
 from verl.protocol import DataProto
 from verl.utils.config import omega_conf_to_dataclass
@@ -28,8 +28,6 @@ from medvr_verl.group_broker import GroupBroker
 from medvr_verl.reward_manager import GROUP_META_KEY, GROUP_REWARDS_KEY, CCARewardSettings
 from medvr_verl.testing.harness import make_agent_batch, make_sample, run_agent_loop_worker
 from medvr_verl.testing.scripted_server import ScriptedLLMClient
-
-MC = {"question_type": "multiple_choice", "options": OPTIONS}
 
 
 def test_config_resolves_through_veRL(tiny_model_path):
@@ -66,13 +64,6 @@ def _responses(output, tokenizer):
     width = output.batch["responses"].shape[1]
     masks = output.batch["attention_mask"][:, -width:].bool()
     return [tokenizer.decode(r[m]) for r, m in zip(output.batch["responses"], masks)]
-
-
-@pytest.fixture(scope="module")
-def tokenizer(tiny_model_path):
-    from transformers import AutoTokenizer
-
-    return AutoTokenizer.from_pretrained(tiny_model_path)
 
 
 @pytest.mark.vl_stack
