@@ -88,7 +88,9 @@ class CCARewardSettings:
     def from_config(cls, config) -> CCARewardSettings:
         kwargs = dict(config.reward.get("reward_kwargs", None) or {})
         known = set(cls.__dataclass_fields__)
-        # Other managers' options may share reward_kwargs; ours are the known names.
+        unknown = sorted(set(kwargs) - known)
+        if unknown:  # a typo would silently keep a default: say so (other managers' keys may sit here too)
+            logger.warning("medvr_cca ignores reward.reward_kwargs %s; its options are %s", unknown, sorted(known))
         return cls(**{k: v for k, v in kwargs.items() if k in known})
 
 
