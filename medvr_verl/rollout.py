@@ -350,14 +350,15 @@ class EVRAgentLoopWorker(GroupAgentLoopWorker):
             return await super().generate_sequences(batch)
 
         agent_names = batch.non_tensor_batch.get("agent_name")
-        slots, seen = np.zeros(len(batch), dtype=np.int64), Counter()
+        slots, seen, first_row = np.zeros(len(batch), dtype=np.int64), Counter(), {}
         groups = {}
         for i, uid in enumerate(uids.tolist()):
-            slots[i] = seen[uid]
+            slots[i] = seen[uid]  # a sample's place in its group: the first ceil(M/2) are the bases
             seen[uid] += 1
+            first_row.setdefault(uid, i)
         for uid, size in seen.items():
-            rows = [i for i in range(len(batch)) if uids[i] == uid]
-            name = agent_names[rows[0]] if agent_names is not None else self.rollout_config.agent.default_agent_loop
+            default = self.rollout_config.agent.default_agent_loop
+            name = agent_names[first_row[uid]] if agent_names is not None else default
             if size > 1 and _is_medvr_agent(name):
                 groups[uid] = _EVRGroup(uid, size)
             elif size > 1:

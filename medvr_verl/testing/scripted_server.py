@@ -60,7 +60,8 @@ Call records
 ------------
 Every call is appended to ``client.calls`` (a list of dicts: ``request_id``, ``key``, ``turn``,
 ``prompt_len``, ``num_images``, ``num_videos``, ``sampling_params``, ``max_tokens``,
-``response_len``, ``response_text``, ``prompt_text``). The client is pickled into each Ray
+``response_len``, ``response_text``, ``prompt_text``; with ``record_ids=True`` also ``prompt_ids`` and
+``response_ids``, the token id lists). The client is pickled into each Ray
 ``AgentLoopWorker`` actor, so that list lives in the actor's copy; to get the records back pass
 ``recorder=create_call_recorder()`` (a small Ray actor) and read ``get_call_records(recorder)``
 after the run. In-process runs (``run_agent_loop_worker(..., use_ray=False)``) can read
@@ -204,6 +205,7 @@ class ScriptedLLMClient(LLMServerClient):
             script gives none.
         recorder: optional :class:`CallRecorder` actor handle that receives every call record.
         global_steps: reported in ``extra_fields["global_steps"]`` like the real server.
+        record_ids: also put the token id lists ``prompt_ids`` / ``response_ids`` into each call record.
     """
 
     def __init__(
@@ -222,6 +224,7 @@ class ScriptedLLMClient(LLMServerClient):
         default_log_prob: float = -0.5,
         recorder=None,
         global_steps: int | None = None,
+        record_ids: bool = False,
         **kwargs: Any,
     ) -> None:
         super().__init__(config, load_balancer_handle=None, **kwargs)
@@ -249,6 +252,7 @@ class ScriptedLLMClient(LLMServerClient):
         self.default_log_prob = float(default_log_prob)
         self.recorder = recorder
         self.global_steps = global_steps
+        self.record_ids = bool(record_ids)
         self.calls: list[dict[str, Any]] = []
         self._tok = None
         self._eos_ids: list[int] | None = None
@@ -449,6 +453,9 @@ class ScriptedLLMClient(LLMServerClient):
             "response_text": self.hf_tokenizer.decode(token_ids, skip_special_tokens=False),
             "prompt_text": text,
         }
+        if self.record_ids:
+            record["prompt_ids"] = list(prompt_ids)
+            record["response_ids"] = list(token_ids)
         self.calls.append(record)
         if self.recorder is not None:
             await self.recorder.record.remote(record)
