@@ -54,8 +54,8 @@ response and chat-template glue, as a fork does; EVR's saving there is generated
 is saved when fresh samples land on servers that have not seen their prompt (the replica model).
 
 Checked against the target "forks prefill at most 60% of what the fresh samples prefill" under both
-cache models, one verdict each; exit status 1 if either fails. Total runtime about 45-60 s on 2 cores (most of it starting Ray actors); actor
-output is swallowed unless ``--verbose``.
+cache models, one verdict each; exit status 1 if either fails. Total runtime about 45-60 s on 2
+cores (most of it starting Ray actors); actor output is swallowed unless ``--verbose``.
 """
 
 from __future__ import annotations
