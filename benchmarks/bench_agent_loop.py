@@ -37,7 +37,6 @@ import asyncio
 import contextlib
 import gc
 import io
-import json
 import os
 import statistics
 import sys
@@ -56,19 +55,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 
+from medvr_verl.testing.scripting import TOOL_CHAT_TEMPLATE, ZOOM_TOOL_YAML, zoom_call  # noqa: E402
+
 TARGET_RATIO = 1.05
 IMAGE_SIDE = 448  # = sqrt(tiny processor max_pixels): veRL's resize leaves it as is
 ZOOM_BOX = [112, 96, 336, 320]  # model-space pixels (the model sees 448x448): a 224x224 crop
-ZOOM_TOOL_YAML = "${medvr.pkg_file:medvr_verl.recipes.medvr/zoom_tool.yaml}"
-CHAT_TEMPLATE = "${medvr.pkg_text:medvr_verl.recipes.medvr/qwen2_5_vl_tool_chat_template.jinja}"
 THOUGHT = "<think>The opacity sits in the middle of the left lung field; zoom in to check its margins.</think>"
 ANSWER = "<think>The margins are smooth and well defined, a benign nodule.</think><answer>A</answer>"
-
-
-def zoom_call(box, **extra) -> str:
-    """A hermes tool call of the zoom tool (as the policy writes it)."""
-    arguments = {"bbox_2d": box, **extra}
-    return "<tool_call>" + json.dumps({"name": "image_zoom_in_tool", "arguments": arguments}) + "</tool_call>"
 
 
 def synthetic_image(side: int, seed: int = 0) -> Image.Image:
@@ -83,16 +76,14 @@ def synthetic_image(side: int, seed: int = 0) -> Image.Image:
 def make_config(model_path, n: int):
     from medvr_verl.testing.harness import make_trainer_config
 
-    config = make_trainer_config(
+    return make_trainer_config(
         model_path,
-        [f"+actor_rollout_ref.model.custom_chat_template={CHAT_TEMPLATE}"],
-        tool_config_path="/placeholder",  # the real path is a package resolver, set below
+        [f"+actor_rollout_ref.model.custom_chat_template={TOOL_CHAT_TEMPLATE}"],
+        tool_config_path=ZOOM_TOOL_YAML,
         n=n,
         response_length=512,
         max_assistant_turns=3,
     )
-    config.actor_rollout_ref.rollout.multi_turn.tool_config_path = ZOOM_TOOL_YAML
-    return config
 
 
 def make_batch(agent_name: str, prompts: int, n: int, image: Image.Image):

@@ -83,6 +83,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 
+from medvr_verl.testing.scripting import coordinate_spike, is_fork_request, medvr_config, zoom_call  # noqa: E402
+
 TARGET_PREFILL_RATIO = 0.60
 IMAGE_SIDE = 448  # = sqrt(tiny processor max_pixels): the model sees 448x448 (256 image tokens)
 BASE_BOX = [0, 0, 224, 224]  # model-space pixels: the top-left quadrant (a 64-token crop)
@@ -90,20 +92,12 @@ THOUGHT_TOKENS = 150
 ANSWER_TOKENS = 60
 LOW, SPIKE = 0.1, 3.0  # nats: scripted per-token entropies
 EVR = "+actor_rollout_ref.rollout.custom={evr: {gamma: 0.5, p_base: 0.0, threshold: 0.5, seed: 0}}"
-ZOOM_TOOL_YAML = "${medvr.pkg_file:medvr_verl.recipes.medvr/zoom_tool.yaml}"
-CHAT_TEMPLATE = "${medvr.pkg_text:medvr_verl.recipes.medvr/qwen2_5_vl_tool_chat_template.jinja}"
 MC = {"question_type": "multiple_choice", "options": {"A": "left lung", "B": "right lung"}}
 WORDS = (
     "the opacity margin lung field nodule apex base hilum lobe dense faint round spiculated border "
     "contour shadow rib overlap vessel pleura effusion left right upper lower middle region appears "
     "looks maybe possibly clearly calcified soft tissue air bronchogram consolidation"
 ).split()
-
-
-def zoom_call(box, **extra) -> str:
-    """A hermes tool call of the zoom tool (as the policy writes it)."""
-    arguments = {"bbox_2d": box, **extra}
-    return "<tool_call>" + json.dumps({"name": "image_zoom_in_tool", "arguments": arguments}) + "</tool_call>"
 
 
 def text_of_length(tokenizer, rng: random.Random, target: int, opening: str, closing: str) -> str:
@@ -134,7 +128,7 @@ class EVRBenchScript:
     def __call__(self, ctx):
         from medvr_verl.testing.scripted_server import ScriptedTurn
 
-        if ctx.text.rstrip().endswith('"bbox_2d":'):  # a fork: new coordinates
+        if is_fork_request(ctx.text):  # a fork: new coordinates
             j = next(self._fork.setdefault(ctx.key, itertools.count()))
             box = [224 - 16 * (j % 8), 224, 448 - 16 * (j % 8), 448]
             return ScriptedTurn(" " + json.dumps(box) + "}}</tool_call>", extra_fields=self._entropies(False))
@@ -146,16 +140,7 @@ class EVRBenchScript:
 
     def _entropies(self, spike: bool):
         def per_token(token_ids, ctx):
-            values = [LOW] * len(token_ids)
-            if spike:  # from the first token that reaches the coordinates on
-                start = self.tokenizer.decode(token_ids).find('"bbox_2d"') + len('"bbox_2d":')
-                chars = 0
-                for i, tid in enumerate(token_ids):
-                    chars += len(self.tokenizer.decode([tid]))
-                    if chars > start:
-                        values[i:] = [SPIKE] * (len(token_ids) - i)
-                        break
-            return {"token_entropy": values}
+            return {"token_entropy": coordinate_spike(self.tokenizer, token_ids, LOW, SPIKE if spike else LOW)}
 
         return per_token
 
@@ -181,26 +166,7 @@ def synthetic_image(side: int, seed: int) -> Image.Image:
 
 
 def make_config(model_path, m: int, *extra):
-    from medvr_verl.testing.harness import make_trainer_config
-
-    config = make_trainer_config(
-        model_path,
-        [
-            "reward.reward_manager.name=medvr_cca",
-            "reward.num_workers=2",
-            "+reward.reward_kwargs={tool_reward: consensus, eta: 0.5, w_tool: 1.0, group_timeout_s: 120}",
-            f"+actor_rollout_ref.model.custom_chat_template={CHAT_TEMPLATE}",
-            *extra,
-        ],
-        tool_config_path="/placeholder",  # the real path is a package resolver, set below
-        n=m,
-        num_workers=2,
-        prompt_length=1024,
-        response_length=512,
-        max_assistant_turns=3,
-    )
-    config.actor_rollout_ref.rollout.multi_turn.tool_config_path = ZOOM_TOOL_YAML
-    return config
+    return medvr_config(model_path, extra, n=m, num_workers=2, prompt_length=1024, response_length=512)
 
 
 def run_manager(manager_cls, config, script, reward_workers, prompts: int, m: int):

@@ -55,15 +55,15 @@ class StandInPolicy:
 
     def __call__(self, ctx):
         from medvr_verl.testing.scripted_server import ScriptedTurn
+        from medvr_verl.testing.scripting import is_fork_request, zoom_call
 
         side = CASES[ctx.key][4]
-        if ctx.text.rstrip().endswith('"bbox_2d":'):  # an EVR fork: sample the coordinates anew
+        if is_fork_request(ctx.text):  # an EVR fork: sample the coordinates anew
             k = self._next(ctx.key + "/fork")
             return ScriptedTurn(" " + json.dumps(self._region((k + 2) % 3, side)) + "}}</tool_call>")
         if ctx.turn == 0:
             k = self._next(ctx.key)
-            call = {"name": "image_zoom_in_tool", "arguments": {"bbox_2d": self._region(k % 3, side)}}
-            return f"<think>Let me look closer at region {k % 3}.</think><tool_call>{json.dumps(call)}</tool_call>"
+            return f"<think>Let me look closer at region {k % 3}.</think>" + zoom_call(self._region(k % 3, side))
         x1, y1, x2, y2 = (float(v) for v in _BOX.findall(ctx.text)[-1].split(","))
         sees = x1 <= side / 2 <= x2 and y1 <= side / 2 <= y2
         answer = {"ct": "A" if sees else "B", "mr": "yes" if sees else "no"}[ctx.key]
@@ -80,29 +80,19 @@ class StandInPolicy:
 def run(out_dir: Path, n: int) -> list[dict]:
     import pydicom.data
 
-    from medvr_verl.testing.harness import ensure_ray, make_agent_batch, make_sample, make_trainer_config
+    from medvr_verl.testing.harness import ensure_ray, make_agent_batch, make_sample
     from medvr_verl.testing.real_logprob_client import RealLogprobLLMClient
+    from medvr_verl.testing.scripting import medvr_config
     from medvr_verl.testing.tiny_qwen25vl import tiny_qwen25vl_path
     from medvr_verl.tools.image_io import load_medical_image
 
     model = tiny_qwen25vl_path()
-    template = "${medvr.pkg_text:medvr_verl.recipes.medvr/qwen2_5_vl_tool_chat_template.jinja}"
-    config = make_trainer_config(
+    config = medvr_config(
         model,
-        [
-            "reward.reward_manager.name=medvr_cca",
-            "reward.num_workers=1",
-            "+reward.reward_kwargs={tool_reward: consensus, eta: 0.5}",
-            f"+actor_rollout_ref.model.custom_chat_template={template}",
-            "+actor_rollout_ref.rollout.custom={evr: {seed: 0}, viz: {dir: " + str(out_dir) + ", interval: 1}}",
-        ],
-        tool_config_path="/set-below",
+        ["+actor_rollout_ref.rollout.custom={evr: {seed: 0}, viz: {dir: " + str(out_dir) + ", interval: 1}}"],
+        reward_workers=1,
         n=n,
         num_workers=1,
-        max_assistant_turns=3,
-    )
-    config.actor_rollout_ref.rollout.multi_turn.tool_config_path = (
-        "${medvr.pkg_file:medvr_verl.recipes.medvr/zoom_tool.yaml}"
     )
     samples = []
     for key, (file, question, options, answer, _) in CASES.items():

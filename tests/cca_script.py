@@ -14,12 +14,11 @@ rewards under ``medvr_cca`` (consensus, eta=0.5, w_tool=1, format_weight=1) are 
 from __future__ import annotations
 
 import itertools
-import json
 import re
 
 from PIL import Image
 
-from medvr_verl.testing.harness import make_trainer_config
+from medvr_verl.testing.scripting import medvr_config, zoom_call  # noqa: F401  (re-exported for tests)
 
 IMAGE_SIZE = (200, 120)  # original pixels; Qwen2.5-VL's smart_resize makes it 196x112
 TOP_LEFT = [0, 0, 98, 56]
@@ -35,14 +34,6 @@ VARIANTS = [
     (TOP_LEFT, "B", 1.0, 0.0),
 ]
 _VARIANT = re.compile(r"variant (\d+)")
-
-
-def zoom_call(box, **extra) -> str:
-    return (
-        "<tool_call>"
-        + json.dumps({"name": "image_zoom_in_tool", "arguments": {"bbox_2d": box, **extra}})
-        + "</tool_call>"
-    )
 
 
 def make_script():
@@ -70,25 +61,6 @@ def chest_image() -> Image.Image:
     return image.convert("RGB")
 
 
-ZOOM_TOOL_YAML = "${medvr.pkg_file:medvr_verl.recipes.medvr/zoom_tool.yaml}"
-CHAT_TEMPLATE = "${medvr.pkg_text:medvr_verl.recipes.medvr/qwen2_5_vl_tool_chat_template.jinja}"
-
-
 def cca_config(model_path, *extra, n=len(VARIANTS), num_workers=1, **kwargs):
     """veRL's trainer config with the zoom tool, the tool chat template and medvr_cca (2 reward workers)."""
-    config = make_trainer_config(
-        model_path,
-        [
-            "reward.reward_manager.name=medvr_cca",
-            "reward.num_workers=2",
-            "+reward.reward_kwargs={tool_reward: consensus, eta: 0.5, w_tool: 1.0, group_timeout_s: 120}",
-            f"+actor_rollout_ref.model.custom_chat_template={CHAT_TEMPLATE}",
-            *extra,
-        ],
-        tool_config_path="/placeholder",  # the real path is a package resolver, set below
-        n=n,
-        num_workers=num_workers,
-        **{"max_assistant_turns": 3, **kwargs},
-    )
-    config.actor_rollout_ref.rollout.multi_turn.tool_config_path = ZOOM_TOOL_YAML
-    return config
+    return medvr_config(model_path, extra, n=n, num_workers=num_workers, **kwargs)

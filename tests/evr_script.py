@@ -10,9 +10,10 @@ from __future__ import annotations
 import itertools
 import re
 
-from cca_script import BOTTOM_RIGHT, TOP_LEFT, zoom_call
+from cca_script import BOTTOM_RIGHT, TOP_LEFT
 
 from medvr_verl.testing.scripted_server import ScriptedTurn
+from medvr_verl.testing.scripting import coordinate_spike, is_fork_request, zoom_call
 
 LOW, SPIKE = 0.1, 3.0
 ANSWER = "<think>seen it</think><answer>A</answer>"
@@ -29,7 +30,7 @@ class EVRScript:
         self._tokenizer = None
 
     def __call__(self, ctx):
-        if ctx.text.rstrip().endswith('"bbox_2d":'):  # a fork: resample the coordinates
+        if is_fork_request(ctx.text):  # a fork: resample the coordinates
             return ScriptedTurn(" " + str(BOTTOM_RIGHT) + "}}</tool_call>", extra_fields=self._entropies(False))
         if ctx.turn == 0:
             k = next(self._counters.setdefault(ctx.key, itertools.count()))
@@ -42,16 +43,7 @@ class EVRScript:
             return None
 
         def per_token(token_ids, ctx):
-            values = [LOW] * len(token_ids)
-            if spike:
-                tok = self.tokenizer
-                text = tok.decode(token_ids)
-                start = text.find('"bbox_2d"')
-                for i in range(len(token_ids)):
-                    if len(tok.decode(token_ids[: i + 1])) > start:
-                        values[i:] = [SPIKE] * (len(token_ids) - i)
-                        break
-            return {"token_entropy": values}
+            return {"token_entropy": coordinate_spike(self.tokenizer, token_ids, LOW, SPIKE if spike else LOW)}
 
         return per_token
 

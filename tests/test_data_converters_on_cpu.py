@@ -119,7 +119,8 @@ def _rlhf(out: Path, vl_processor, tmp_path: Path, monkeypatch, *, filter_overlo
             "return_raw_chat": True,
             "truncation": "error",
             "filter_overlong_prompts": filter_overlong,
-            "filter_overlong_prompts_workers": 1,
+            # None: filter in-process (datasets forks a pool even for 1 worker; forking next to Ray can hang)
+            "filter_overlong_prompts_workers": None,
         }
     )
     return RLHFDataset(data_files=[str(out)], tokenizer=tokenizer, config=config, processor=processor)

@@ -143,7 +143,9 @@ def build_eval_config(
       ``do_sample=false`` (greedy); more: ``do_sample=true`` and ``temperature`` =
       ``rollout.temperature`` (1.0 in the recipe) unless overridden;
     * ``data.seed=0`` (``max_samples`` picks the same random subset every run; ``data.shuffle=false``
-      takes the first rows instead).
+      takes the first rows instead);
+    * ``data.filter_overlong_prompts_workers=null``: the length filter runs in-process (override with
+      a number of workers to parallelize it on big sets).
 
     ``actor_rollout_ref.model.path`` and ``data.{train,val}_files`` are set from the arguments.
     """
@@ -170,6 +172,9 @@ def build_eval_config(
         "trainer.nnodes=1",
         f"trainer.n_gpus_per_node={max(1, _gpu_count())}",
         "data.seed=0",
+        # datasets' filter forks a process pool even for num_proc=1; forking a process that runs Ray
+        # threads can deadlock, so the length filter runs in-process unless overridden
+        "data.filter_overlong_prompts_workers=null",
     ]
     if GlobalHydra.instance().is_initialized():
         GlobalHydra.instance().clear()

@@ -1,0 +1,65 @@
+"""Pieces of scripted MedVR rollouts shared by the tests, the benchmarks and the demo -- TEST FIXTURES.
+
+A scripted server (:mod:`medvr_verl.testing.scripted_server`) decides each assistant turn from the
+context; these helpers write the zoom calls, recognise an EVR fork's request, shape per-token
+entropies, and compose veRL's trainer config with the recipe's zoom tool, chat template and
+``medvr_cca``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+
+ZOOM_TOOL_YAML = "${medvr.pkg_file:medvr_verl.recipes.medvr/zoom_tool.yaml}"
+TOOL_CHAT_TEMPLATE = "${medvr.pkg_text:medvr_verl.recipes.medvr/qwen2_5_vl_tool_chat_template.jinja}"
+CCA_REWARD_KWARGS = "{tool_reward: consensus, eta: 0.5, w_tool: 1.0, group_timeout_s: 120}"
+_COORDINATES_KEY = '"bbox_2d":'
+
+
+def zoom_call(box, **arguments) -> str:
+    """A hermes tool call of ``image_zoom_in_tool`` with ``bbox_2d=box`` (and any other arguments)."""
+    call = {"name": "image_zoom_in_tool", "arguments": {"bbox_2d": box, **arguments}}
+    return "<tool_call>" + json.dumps(call) + "</tool_call>"
+
+
+def is_fork_request(context: str) -> bool:
+    """An EVR fork's request: the context stops inside a zoom call, right before its coordinates."""
+    return context.rstrip().endswith(_COORDINATES_KEY)
+
+
+def coordinate_spike(tokenizer, token_ids: Sequence[int], low: float, spike: float) -> list[float]:
+    """Per-token entropies: ``low`` up to the zoom coordinates, ``spike`` from the token reaching them on."""
+    values = [low] * len(token_ids)
+    text = tokenizer.decode(token_ids)
+    key = text.find(_COORDINATES_KEY)
+    if key < 0:
+        return values
+    start = key + len(_COORDINATES_KEY)
+    for i in range(len(token_ids)):
+        if len(tokenizer.decode(token_ids[: i + 1])) > start:
+            values[i:] = [spike] * (len(token_ids) - i)
+            break
+    return values
+
+
+def medvr_config(model_path, overrides: Sequence[str] = (), *, reward_workers: int = 2, **kwargs):
+    """veRL's trainer config with the recipe's zoom tool and tool chat template and ``medvr_cca``.
+
+    ``kwargs`` go to :func:`medvr_verl.testing.harness.make_trainer_config` (``n``, ``num_workers``,
+    ``response_length``, ``max_assistant_turns`` default 3, ...); ``overrides`` come last.
+    """
+    from medvr_verl.testing.harness import make_trainer_config
+
+    return make_trainer_config(
+        model_path,
+        [
+            "reward.reward_manager.name=medvr_cca",
+            f"reward.num_workers={reward_workers}",
+            f"+reward.reward_kwargs={CCA_REWARD_KWARGS}",
+            f"+actor_rollout_ref.model.custom_chat_template={TOOL_CHAT_TEMPLATE}",
+            *overrides,
+        ],
+        tool_config_path=ZOOM_TOOL_YAML,
+        **{"max_assistant_turns": 3, **kwargs},
+    )
