@@ -83,7 +83,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from medvr_verl.testing.scripting import coordinate_spike, is_fork_request, medvr_config, zoom_call  # noqa: E402
+from medvr_verl.testing.scripting import SpikeEntropies, is_fork_request, medvr_config, zoom_call  # noqa: E402
 
 TARGET_PREFILL_RATIO = 0.60
 IMAGE_SIDE = 448  # = sqrt(tiny processor max_pixels): the model sees 448x448 (256 image tokens)
@@ -118,12 +118,11 @@ class EVRBenchScript:
     """
 
     def __init__(self, model_path: str, thoughts: dict[str, list[str]], answer: str):
-        self.model_path = str(model_path)
+        self.entropies = SpikeEntropies(model_path, LOW, SPIKE)
         self.thoughts = thoughts
         self.answer = answer
         self._base: dict[str, itertools.count] = {}
         self._fork: dict[str, itertools.count] = {}
-        self._tokenizer = None
 
     def __call__(self, ctx):
         from medvr_verl.testing.scripted_server import ScriptedTurn
@@ -139,21 +138,7 @@ class EVRBenchScript:
         return ScriptedTurn(self.answer, extra_fields=self._entropies(False))
 
     def _entropies(self, spike: bool):
-        def per_token(token_ids, ctx):
-            return {"token_entropy": coordinate_spike(self.tokenizer, token_ids, LOW, SPIKE if spike else LOW)}
-
-        return per_token
-
-    @property
-    def tokenizer(self):
-        if self._tokenizer is None:
-            from transformers import AutoTokenizer
-
-            self._tokenizer = AutoTokenizer.from_pretrained(self.model_path)
-        return self._tokenizer
-
-    def __getstate__(self):
-        return {**self.__dict__, "_tokenizer": None}
+        return self.entropies.turn(spike)
 
 
 def synthetic_image(side: int, seed: int) -> Image.Image:
@@ -169,11 +154,11 @@ def make_config(model_path, m: int, *extra):
     return medvr_config(model_path, extra, n=m, num_workers=2, prompt_length=1024, response_length=512)
 
 
-def run_manager(manager_cls, config, script, reward_workers, prompts: int, m: int):
+def run_step(manager_cls, config, script, reward_workers, prompts: int, m: int):
     """One step of ``manager_cls``; returns the output DataProto, the call records and the wall time."""
     import ray
 
-    from medvr_verl.testing.harness import make_agent_batch, make_sample
+    from medvr_verl.testing.harness import make_agent_batch, make_sample, run_manager
     from medvr_verl.testing.scripted_server import ScriptedLLMClient, create_call_recorder, get_call_records
 
     samples = [
@@ -188,17 +173,12 @@ def run_manager(manager_cls, config, script, reward_workers, prompts: int, m: in
     batch = make_agent_batch(samples, n=m, agent_name="medvr_agent", meta_info={"global_steps": 1})
     recorder = create_call_recorder()
     client = ScriptedLLMClient(config, script=script, recorder=recorder, record_ids=True)
-    manager = manager_cls.create(
-        config=config, llm_client=client, teacher_client=None, reward_loop_worker_handles=reward_workers
-    )
     try:
-        start = time.perf_counter()
-        output = manager.generate_sequences(batch)
+        start = time.perf_counter()  # includes starting the workers
+        output = run_manager(manager_cls, config, client, batch, reward_loop_worker_handles=reward_workers)
         elapsed = time.perf_counter() - start
         records = get_call_records(recorder)
     finally:
-        for worker in manager.agent_loop_workers:
-            ray.kill(worker)
         ray.kill(recorder)
     return output, records, elapsed
 
@@ -297,7 +277,7 @@ def main(argv: list[str] | None = None) -> int:
                 ("EVR", EVRAgentLoopManager, evr_config),
             ):
                 script = EVRBenchScript(model_path, thoughts, answer)
-                runs[name] = run_manager(manager_cls, config, script, reward.reward_loop_workers, args.prompts, m)
+                runs[name] = run_step(manager_cls, config, script, reward.reward_loop_workers, args.prompts, m)
         finally:
             for handle in reward.reward_loop_workers:
                 ray.kill(handle)

@@ -13,7 +13,7 @@ import re
 from cca_script import BOTTOM_RIGHT, TOP_LEFT
 
 from medvr_verl.testing.scripted_server import ScriptedTurn
-from medvr_verl.testing.scripting import coordinate_spike, is_fork_request, zoom_call
+from medvr_verl.testing.scripting import SpikeEntropies, is_fork_request, zoom_call
 
 LOW, SPIKE = 0.1, 3.0
 ANSWER = "<think>seen it</think><answer>A</answer>"
@@ -24,10 +24,8 @@ class EVRScript:
     """``ScriptedLLMClient`` script; ``entropy=False`` models a server that returns none."""
 
     def __init__(self, model_path: str, entropy: bool = True):
-        self.model_path = str(model_path)
-        self.entropy = entropy
+        self.entropies = SpikeEntropies(model_path, LOW, SPIKE) if entropy else None
         self._counters: dict[str, itertools.count] = {}
-        self._tokenizer = None
 
     def __call__(self, ctx):
         if is_fork_request(ctx.text):  # a fork: resample the coordinates
@@ -39,24 +37,7 @@ class EVRScript:
         return ScriptedTurn(ANSWER, extra_fields=self._entropies(False))
 
     def _entropies(self, spike: bool):
-        if not self.entropy:
-            return None
-
-        def per_token(token_ids, ctx):
-            return {"token_entropy": coordinate_spike(self.tokenizer, token_ids, LOW, SPIKE if spike else LOW)}
-
-        return per_token
-
-    @property
-    def tokenizer(self):
-        if self._tokenizer is None:
-            from transformers import AutoTokenizer
-
-            self._tokenizer = AutoTokenizer.from_pretrained(self.model_path)
-        return self._tokenizer
-
-    def __getstate__(self):
-        return {**self.__dict__, "_tokenizer": None}
+        return self.entropies.turn(spike) if self.entropies is not None else None
 
 
 def base_index(text: str) -> int | None:

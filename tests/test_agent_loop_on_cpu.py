@@ -8,13 +8,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import ray
 import verl  # noqa: F401  (loads the plugin)
 from cca_script import BOTTOM_RIGHT, MC, TOP_LEFT, VARIANTS, cca_config, chest_image, make_script, variant_of
 from cca_script import zoom_call as zoom
 
 from medvr_verl.rollout import GroupAgentLoopManager, split_groups
-from medvr_verl.testing.harness import make_agent_batch, make_sample, run_agent_loop_worker
+from medvr_verl.testing.harness import make_agent_batch, make_sample, run_agent_loop_worker, run_manager
 from medvr_verl.testing.scripted_server import ScriptedLLMClient
 
 pytestmark = pytest.mark.vl_stack
@@ -147,14 +146,7 @@ def test_group_manager_scores_whole_groups(ray_session, tiny_model_path, reward_
     ]
     batch = make_agent_batch(samples, n=len(VARIANTS), agent_name="medvr_agent", meta_info={"global_steps": 10})
     client = ScriptedLLMClient(config, script=make_script())
-    manager = GroupAgentLoopManager.create(
-        config=config, llm_client=client, teacher_client=None, reward_loop_worker_handles=reward_workers
-    )
-    try:
-        output = manager.generate_sequences(batch)
-    finally:
-        for worker in manager.agent_loop_workers:
-            ray.kill(worker)
+    output = run_manager(GroupAgentLoopManager, config, client, batch, reward_loop_worker_handles=reward_workers)
 
     width = output.batch["responses"].shape[1]
     masks = output.batch["attention_mask"][:, -width:].bool()

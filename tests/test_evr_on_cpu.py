@@ -8,13 +8,12 @@ coordinates) and 2 forks, both from the spiking zoom call.
 from __future__ import annotations
 
 import pytest
-import ray
 import verl  # noqa: F401  (loads the plugin)
 from cca_script import MC, cca_config, chest_image
 from evr_script import EVRScript, base_index
 
 from medvr_verl.rollout import EVRAgentLoopManager, EVRSettings
-from medvr_verl.testing.harness import make_agent_batch, make_sample
+from medvr_verl.testing.harness import make_agent_batch, make_sample, run_manager
 from medvr_verl.testing.scripted_server import ScriptedLLMClient
 
 pytestmark = pytest.mark.vl_stack
@@ -29,14 +28,11 @@ def _run(tiny_model_path, reward_workers, *, overrides=(EVR,), meta_info=None, e
     ]
     batch = make_agent_batch(samples, n=4, agent_name="medvr_agent", meta_info=meta_info)
     client = ScriptedLLMClient(config, script=EVRScript(tiny_model_path, entropy=entropy))
-    manager = EVRAgentLoopManager.create(
-        config=config, llm_client=client, teacher_client=None, reward_loop_worker_handles=reward_workers
+    return (
+        config,
+        batch,
+        run_manager(EVRAgentLoopManager, config, client, batch, reward_loop_worker_handles=reward_workers),
     )
-    try:
-        return config, batch, manager.generate_sequences(batch)
-    finally:
-        for worker in manager.agent_loop_workers:
-            ray.kill(worker)
 
 
 @pytest.fixture(scope="module")
@@ -128,14 +124,7 @@ def test_evr_on_real_distributions_of_the_tiny_model(ray_session, tiny_model_pat
         [make_sample("[script:p0] Which lung?", images=[chest_image()], extra_info=MC)], n=4, agent_name="medvr_agent"
     )
     client = RealLogprobLLMClient(config, script=EVRScript(tiny_model_path, entropy=False))
-    manager = EVRAgentLoopManager.create(
-        config=config, llm_client=client, teacher_client=None, reward_loop_worker_handles=reward_workers
-    )
-    try:
-        output = manager.generate_sequences(batch)
-    finally:
-        for worker in manager.agent_loop_workers:
-            ray.kill(worker)
+    output = run_manager(EVRAgentLoopManager, config, client, batch, reward_loop_worker_handles=reward_workers)
 
     forks = output.non_tensor_batch["medvr_fork"]
     assert [f is not None for f in forks] == [False, False, True, True]

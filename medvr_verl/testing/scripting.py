@@ -63,3 +63,35 @@ def medvr_config(model_path, overrides: Sequence[str] = (), *, reward_workers: i
         tool_config_path=ZOOM_TOOL_YAML,
         **{"max_assistant_turns": 3, **kwargs},
     )
+
+
+class SpikeEntropies:
+    """``ScriptedTurn.extra_fields`` makers: per-token entropies, flat or spiking on the coordinates.
+
+    Picklable into Ray actors; the tokenizer (of ``model_path``) loads on first use in each process.
+    """
+
+    def __init__(self, model_path, low: float, spike: float):
+        self.model_path = str(model_path)
+        self.low, self.spike = low, spike
+        self._tokenizer = None
+
+    def turn(self, spike: bool):
+        """``f(token_ids, ctx) -> {"token_entropy": [...]}`` for one scripted turn."""
+
+        def per_token(token_ids, ctx):
+            high = self.spike if spike else self.low
+            return {"token_entropy": coordinate_spike(self.tokenizer, token_ids, self.low, high)}
+
+        return per_token
+
+    @property
+    def tokenizer(self):
+        if self._tokenizer is None:
+            from transformers import AutoTokenizer
+
+            self._tokenizer = AutoTokenizer.from_pretrained(self.model_path)
+        return self._tokenizer
+
+    def __getstate__(self):
+        return {**self.__dict__, "_tokenizer": None}
