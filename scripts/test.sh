@@ -10,7 +10,7 @@ suite="${1:-cpu}"
 shift || true
 case "$suite" in
   cpu) pattern="*_on_cpu.py" ;;
-  gpu) pattern="*_on_gpu.py" ;;
+  gpu) pattern="*_on_gpu.py"; export MEDVR_EXTRAS="test,vllm" ;;
   *) echo "usage: bash scripts/test.sh [cpu|gpu] [pytest args...]" >&2; exit 2 ;;
 esac
 # shellcheck source=scripts/install.sh
