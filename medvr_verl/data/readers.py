@@ -431,11 +431,7 @@ def read_vqa_rad(
                     question_type=_short_type(answer, answer_type),
                     images=[ImageRef.file(image_dir / image_name, name=f"{VQA_RAD_IMAGES}/{image_name}")],
                     answer_type=answer_type,
-                    meta={
-                        k: entry[k]
-                        for k in ("question_type", "image_organ", "phrase_type")
-                        if isinstance(entry.get(k), str)
-                    },
+                    meta=_string_fields(entry, ("question_type", "image_organ", "phrase_type")),
                 )
 
     return generate()
@@ -733,8 +729,7 @@ def read_omnimedvqa(
                     images=[ImageRef.file(root / rel, name=rel)],
                     options=options,
                     modality=_text(entry, "modality_type") or _text(entry, "modality"),
-                    meta={k: entry[k] for k in ("dataset", "question_type") if isinstance(entry.get(k), str)}
-                    | {"qa_file": path.name},
+                    meta=_string_fields(entry, ("dataset", "question_type")) | {"qa_file": path.name},
                 )
 
     return generate()
@@ -812,14 +807,15 @@ def read_medxpertqa_mm(
                     images=[ImageRef.file(image_dir / n.strip(), name=n.strip()) for n in images],
                     options={k: options[k] for k in sorted(options)},
                     options_in_question=True,
-                    meta={
-                        k: entry[k]
-                        for k in ("medical_task", "body_system", "question_type")
-                        if isinstance(entry.get(k), str)
-                    },
+                    meta=_string_fields(entry, ("medical_task", "body_system", "question_type")),
                 )
 
     return generate()
+
+
+def _string_fields(entry: dict, keys) -> dict:
+    """The release's extra labels of a record kept in ``meta``: those of ``keys`` that are strings."""
+    return {k: entry[k] for k in keys if isinstance(entry.get(k), str)}
 
 
 READERS = {
