@@ -94,17 +94,19 @@ class _PendingGroup:
 class GroupAgentLoopWorker(AgentLoopWorker):
     """``AgentLoopWorker`` that scores the trajectories of one ``uid`` together, in one reward call."""
 
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._pending: dict[str, _PendingGroup] = {}
+
     async def generate_sequences(self, batch: DataProto) -> DataProto:
         uids = batch.non_tensor_batch.get("uid")
-        if not hasattr(self, "_pending"):
-            self._pending: dict[str, _PendingGroup] = {}
         if uids is not None and self.reward_loop_worker_handles is not None:
             # uids are fresh per step (veRL draws uuid4s), so groups of concurrent calls never collide.
             self._pending.update({uid: _PendingGroup(count) for uid, count in Counter(uids.tolist()).items()})
         return await super().generate_sequences(batch)
 
     async def _compute_score(self, outputs: list[AgentLoopOutput], kwargs: dict) -> None:
-        group = getattr(self, "_pending", {}).get(kwargs.get("uid"))
+        group = self._pending.get(kwargs.get("uid"))
         if group is None or outputs[-1].reward_score is not None:
             return await super()._compute_score(outputs, kwargs)
         group.members.append((outputs[-1], kwargs))
