@@ -15,23 +15,21 @@ trajectory before its image tokens enter the context). On top, each trajectory's
     downsizes prompt images to the processor's pixel budget before the model sees them; this loop
     hands the tool the images as the dataset stores them (``agent_data.medvr_originals``), so crops
     come from native resolution and boxes are kept in original-image pixels.
-``medvr_turns``
-    one entry per assistant turn: ``start`` (offset in the response), ``length`` (generated tokens)
-    and ``entropy`` (per-token entropy when the server returns it, else ``None``; see
-    :mod:`medvr_verl.entropy`).
-``medvr_tool_calls``
-    one entry per executed zoom call with its coordinate tokens ``coord_start``/``coord_end``
-    (response offsets, ``[start, end)``) and the state needed to fork the trajectory there:
-    ``fork_prefix_len`` (tokens of prompt + response before the coordinates), ``num_images``,
-    ``num_messages``, ``assistant_turns`` and ``user_turns`` at that point, and ``turn_start``.
-    A fork rebuilds its context from the finished trajectory's tokens, so no token is stored twice.
+``medvr_trajectory``
+    a :class:`medvr_verl.trajectory.TrajectoryRecord`: per assistant turn its response offset,
+    length and per-token entropy (when the server returns it; see :mod:`medvr_verl.entropy`), and
+    per executed zoom call a :class:`~medvr_verl.trajectory.ForkPoint` (its coordinate tokens and the
+    state needed to fork there). A fork rebuilds its context from the finished trajectory's tokens,
+    so no token is stored twice. Process-local: the V1 worker takes it out before writing a row.
+``medvr_fork``
+    ``None`` for a base trajectory, ``{"call", "turn", "prefix_tokens"}`` for an EVR fork.
 
-Forks (EVR, :mod:`medvr_verl.rollout`): a sample run with ``medvr_publish_key`` leaves its final
-state in :data:`TRAJECTORY_STORE` for the worker; a sample run with ``medvr_fork={"source": key,
+Forks (EVR, :mod:`medvr_verl.agent_loop_tq` and :mod:`medvr_verl.rollout`): a sample run with
+``medvr_publish_key`` leaves its final state in :data:`TRAJECTORY_STORE` for the worker; a sample run with ``medvr_fork={"source": key,
 "call": i}`` starts from that state cut at zoom call ``i``: the same messages, images, tokens,
 response mask and rollout logprobs up to the call's coordinates, the same ``request_id`` (veRL's
 sticky session sends it to the same server, whose prefix cache then holds the shared prefix), and
-continues by sampling the coordinates anew. ``extra_fields["medvr_fork"]`` records where it forked.
+continues by sampling the coordinates anew.
 """
 
 from __future__ import annotations
@@ -48,6 +46,7 @@ from medvr_verl.entropy import TOKEN_ENTROPY_KEY as ENTROPY_KEY
 from medvr_verl.tool_calls import DEFAULT_TOOL_NAME, coordinate_char_spans
 from medvr_verl.tools.image_io import OriginalImages
 from medvr_verl.tools.zoom import ORIGINALS_ATTR, ZoomInTool
+from medvr_verl.trajectory import FORK_KEY, RECORD_KEY, ForkPoint, Turn, record_of
 
 logger = logging.getLogger(__name__)
 logger.setLevel(os.getenv("VERL_LOGGING_LEVEL", "WARN"))
@@ -151,6 +150,7 @@ class MedVRAgentLoop(ToolAgentLoop):
             if publish_key is not None:
                 TRAJECTORY_STORE.fail(publish_key, e)
             raise
+        output.extra_fields[FORK_KEY] = record_of(output.extra_fields).summary()
         if publish_key is not None:
             TRAJECTORY_STORE.publish(publish_key, self._agent_data)
         return output
@@ -166,35 +166,33 @@ class MedVRAgentLoop(ToolAgentLoop):
 
     def _restore_fork(self, agent_data: AgentData, base: AgentData, call_index: int) -> None:
         """Cut ``base`` at the coordinates of its zoom call ``call_index`` into ``agent_data``."""
-        call = base.extra_fields["medvr_tool_calls"][call_index]
-        turn_start, coord_start = call["turn_start"], call["coord_start"]
-        turn_abs_start = call["fork_prefix_len"] - (coord_start - turn_start)
-        agent_data.messages = list(base.messages[: call["num_messages"]])
-        agent_data.image_data = list(base.image_data[: call["num_images"]]) if base.image_data is not None else None
+        base_record = record_of(base.extra_fields)
+        point = base_record.fork_points[call_index]
+        turn_abs_start = point.fork_prefix_len - (point.coord_start - point.turn_start)
+        agent_data.messages = list(base.messages[: point.num_messages])
+        agent_data.image_data = list(base.image_data[: point.num_images]) if base.image_data is not None else None
         agent_data.prompt_ids = list(base.prompt_ids[:turn_abs_start])
-        agent_data.response_mask = list(base.response_mask[:turn_start])
-        agent_data.response_logprobs = list(base.response_logprobs[:turn_start])
-        agent_data.assistant_turns = call["assistant_turns"]
-        agent_data.user_turns = call["user_turns"]
+        agent_data.response_mask = list(base.response_mask[: point.turn_start])
+        agent_data.response_logprobs = list(base.response_logprobs[: point.turn_start])
+        agent_data.assistant_turns = point.assistant_turns
+        agent_data.user_turns = point.user_turns
         agent_data.request_id = base.request_id
         agent_data.mm_processor_kwargs = base.mm_processor_kwargs
-        agent_data.tool_rewards = list(base.tool_rewards[: call["num_tool_rewards"]])
-        agent_data.turn_scores = list(base.turn_scores[: call["num_turn_scores"]])
+        agent_data.tool_rewards = list(base.tool_rewards[: point.num_tool_rewards])
+        agent_data.turn_scores = list(base.turn_scores[: point.num_turn_scores])
 
-        turn = base.extra_fields["medvr_turns"][call["turn"]]
-        extra = dict(base.extra_fields)
-        extra["medvr_turns"] = list(extra["medvr_turns"][: call["turn"]])
-        extra["medvr_tool_calls"] = [c for c in extra["medvr_tool_calls"] if c["turn"] < call["turn"]]
-        for key, count in (("medvr_zoom_calls", "num_zoom_records"), ("medvr_image_provenance", "num_images")):
+        extra = {k: v for k, v in base.extra_fields.items() if k != RECORD_KEY}
+        for key, count in (("medvr_zoom_calls", point.num_zoom_records), ("medvr_image_provenance", point.num_images)):
             if key in extra:
-                extra[key] = list(extra[key][: call[count]])
-        extra["medvr_fork"] = {"call": call_index, "turn": call["turn"], "prefix_tokens": call["fork_prefix_len"]}
+                extra[key] = list(extra[key][:count])
+        extra[RECORD_KEY] = base_record.cut_at(call_index)
         agent_data.extra_fields = extra
 
-        prefix_len = coord_start - turn_start
-        turn_tokens = base.prompt_ids[turn_abs_start : call["fork_prefix_len"]]
-        logprobs = base.response_logprobs[turn_start:coord_start] if base.response_logprobs else None
-        entropy = turn["entropy"][:prefix_len] if turn["entropy"] is not None else None
+        prefix_len = point.coord_start - point.turn_start
+        turn_tokens = base.prompt_ids[turn_abs_start : point.fork_prefix_len]
+        logprobs = base.response_logprobs[point.turn_start : point.coord_start] if base.response_logprobs else None
+        entropy = base_record.turns[point.turn].entropy
+        entropy = entropy[:prefix_len] if entropy is not None else None
         self.server_manager.pending_prefix = (list(turn_tokens), logprobs, entropy)
 
     async def _handle_generating_state(
@@ -221,22 +219,20 @@ class MedVRAgentLoop(ToolAgentLoop):
         if entropy is not None and len(entropy) != len(token_ids):
             logger.warning("server returned %d entropies for %d tokens; dropped", len(entropy), len(token_ids))
             entropy = None
-        agent_data.extra_fields.setdefault("medvr_turns", []).append(
-            {"start": turn_start, "length": len(token_ids), "entropy": entropy}
-        )
+        record = record_of(agent_data.extra_fields)
+        record.turns.append(Turn(start=turn_start, length=len(token_ids), entropy=entropy))
         if state == AgentState.PROCESSING_TOOLS:
             calls = await self.loop.run_in_executor(None, self._coordinate_token_spans, token_ids)
-            records = agent_data.extra_fields.setdefault("medvr_tool_calls", [])
             for coord_start, coord_end in calls[: self.max_parallel_calls]:
-                records.append(
-                    {
-                        "turn": len(agent_data.extra_fields["medvr_turns"]) - 1,
-                        "turn_start": turn_start,
-                        "coord_start": turn_start + coord_start,
-                        "coord_end": turn_start + coord_end,
-                        "fork_prefix_len": abs_start + coord_start,
+                record.fork_points.append(
+                    ForkPoint(
+                        turn=len(record.turns) - 1,
+                        turn_start=turn_start,
+                        coord_start=turn_start + coord_start,
+                        coord_end=turn_start + coord_end,
+                        fork_prefix_len=abs_start + coord_start,
                         **before,
-                    }
+                    )
                 )
         return state
 

@@ -40,11 +40,12 @@ from verl.utils.skip import SkipManager
 from medvr_verl.agent_loop import RUNTIME_KWARGS, TRAJECTORY_STORE, MedVRAgentLoop
 from medvr_verl.entropy import delta_h, plan_forks
 from medvr_verl.reward_manager import GROUP_META_KEY, GROUP_REWARDS_KEY
+from medvr_verl.trajectory import RECORD_KEY, record_of
 
 EVR_SLOT_KEY = "medvr_evr_slot"
 # Per-sample kwargs a group reward call leaves out: process-local ones, and the prompt's messages and
 # images, which every member shares and the reward does not read (they would be pickled M times).
-_NOT_SENT_TO_REWARD = frozenset(RUNTIME_KWARGS) | {EVR_SLOT_KEY, "raw_prompt", "multi_modal_data"}
+_NOT_SENT_TO_REWARD = frozenset(RUNTIME_KWARGS) | {EVR_SLOT_KEY, RECORD_KEY, "raw_prompt", "multi_modal_data"}
 
 WORKER_STATS_KEY = "medvr_worker_stats"
 """meta_info key of a worker's step statistics: ``{name: [values]}``, merged by the manager."""
@@ -122,7 +123,7 @@ class GroupAgentLoopWorker(AgentLoopWorker):
             raise group.error
 
     async def _score_group(self, members: list[tuple[AgentLoopOutput, dict]]) -> None:
-        data = self._group_data(members)
+        data = group_reward_data(members)
         handle = random.choice(self.reward_loop_worker_handles)
         result = await handle.compute_score.remote(data)
         per_member = result.get(GROUP_REWARDS_KEY)
@@ -135,36 +136,35 @@ class GroupAgentLoopWorker(AgentLoopWorker):
             output.reward_score = member["reward_score"]
             output.extra_fields["reward_extra_info"] = member["reward_extra_info"]
 
-    @staticmethod
-    def _group_data(members: list[tuple[AgentLoopOutput, dict]]) -> DataProto:
-        """The group as veRL's reward loop expects it: left-padded prompts, right-padded responses.
+def group_reward_data(members: list[tuple[AgentLoopOutput, dict]]) -> DataProto:
+    """The group as veRL's reward loop expects it: left-padded prompts, right-padded responses.
 
-        No ``multi_modal_inputs``: rewards read text and tool records, never pixels, so the processor
-        is not run again for scoring.
-        """
-        prompt_len = max(len(o.prompt_ids) for o, _ in members)
-        response_len = max(len(o.response_ids) for o, _ in members)
-        n = len(members)
-        prompts = torch.zeros((n, prompt_len), dtype=torch.int64)
-        responses = torch.zeros((n, response_len), dtype=torch.int64)
-        attention_mask = torch.zeros((n, prompt_len + response_len), dtype=torch.int64)
-        for i, (o, _) in enumerate(members):
-            p, r = len(o.prompt_ids), len(o.response_ids)
-            prompts[i, prompt_len - p :] = torch.tensor(o.prompt_ids, dtype=torch.int64)
-            responses[i, :r] = torch.tensor(o.response_ids, dtype=torch.int64)
-            attention_mask[i, prompt_len - p : prompt_len + r] = 1
-        batch = TensorDict({"prompts": prompts, "responses": responses, "attention_mask": attention_mask}, batch_size=n)
-        keys = set().union(*(kw.keys() for _, kw in members)) - _NOT_SENT_TO_REWARD
-        non_tensor: dict[str, Any] = {}
-        for key in keys:
-            column = np.empty(n, dtype=object)
-            column[:] = [kw.get(key) for _, kw in members]
-            non_tensor[key] = column
-        extra = np.empty(n, dtype=object)
-        extra[:] = [{k: v for k, v in o.extra_fields.items() if k not in _NOT_SENT_TO_REWARD} for o, _ in members]
-        non_tensor["tool_extra_fields"] = extra
-        non_tensor["__num_turns__"] = np.array([o.num_turns for o, _ in members])
-        return DataProto(batch=batch, non_tensor_batch=non_tensor, meta_info={GROUP_META_KEY: True})
+    No ``multi_modal_inputs``: rewards read text and tool records, never pixels, so the processor
+    is not run again for scoring.
+    """
+    prompt_len = max(len(o.prompt_ids) for o, _ in members)
+    response_len = max(len(o.response_ids) for o, _ in members)
+    n = len(members)
+    prompts = torch.zeros((n, prompt_len), dtype=torch.int64)
+    responses = torch.zeros((n, response_len), dtype=torch.int64)
+    attention_mask = torch.zeros((n, prompt_len + response_len), dtype=torch.int64)
+    for i, (o, _) in enumerate(members):
+        p, r = len(o.prompt_ids), len(o.response_ids)
+        prompts[i, prompt_len - p :] = torch.tensor(o.prompt_ids, dtype=torch.int64)
+        responses[i, :r] = torch.tensor(o.response_ids, dtype=torch.int64)
+        attention_mask[i, prompt_len - p : prompt_len + r] = 1
+    batch = TensorDict({"prompts": prompts, "responses": responses, "attention_mask": attention_mask}, batch_size=n)
+    keys = set().union(*(kw.keys() for _, kw in members)) - _NOT_SENT_TO_REWARD
+    non_tensor: dict[str, Any] = {}
+    for key in keys:
+        column = np.empty(n, dtype=object)
+        column[:] = [kw.get(key) for _, kw in members]
+        non_tensor[key] = column
+    extra = np.empty(n, dtype=object)
+    extra[:] = [{k: v for k, v in o.extra_fields.items() if k not in _NOT_SENT_TO_REWARD} for o, _ in members]
+    non_tensor["tool_extra_fields"] = extra
+    non_tensor["__num_turns__"] = np.array([o.num_turns for o, _ in members])
+    return DataProto(batch=batch, non_tensor_batch=non_tensor, meta_info={GROUP_META_KEY: True})
 
 
 class GroupAgentLoopManager(AgentLoopManager):
@@ -314,22 +314,51 @@ class _EVRGroup:
         self.plan: asyncio.Task | None = None
 
 
-def _fork_candidates(base_states, settings: EVRSettings) -> list[tuple[int, int, float, int]]:
-    """``(base, call, dH, prefix tokens)`` for every zoom call of the base trajectories."""
+def fork_candidates(base_states, settings: EVRSettings) -> list[tuple[int, int, float, int]]:
+    """``(base, call, dH, coordinate offset)`` for every zoom call of the finished base trajectories.
+
+    ``base_states`` are the bases' final ``AgentData`` (``None`` for a base that failed: it offers no
+    fork point).
+    """
     candidates = []
     for b, state in enumerate(base_states):
-        turns = state.extra_fields.get("medvr_turns", [])
-        first = turns[0]["entropy"] if turns and turns[0]["entropy"] is not None else None
-        for c, call in enumerate(state.extra_fields.get("medvr_tool_calls", [])):
-            entropy = turns[call["turn"]]["entropy"]
-            if first is None or entropy is None:
+        if state is None:
+            continue
+        record = record_of(state.extra_fields)
+        first = record.first_turn_entropy()
+        for c, point in enumerate(record.fork_points):
+            coords = record.coordinate_entropy(point)
+            if first is None or coords is None:
                 dh = 0.0  # no entropies from the server: every point ties, forks spread over them
             else:
-                offset = call["turn_start"]
-                coords = entropy[call["coord_start"] - offset : call["coord_end"] - offset]
                 dh = delta_h(first, coords, settings.base_tokens, settings.tool_window)
-            candidates.append((b, c, dh, call["coord_start"]))
+            candidates.append((b, c, dh, point.coord_start))
     return candidates
+
+
+def plan_group_forks(
+    base_states, num_forks: int, settings: EVRSettings, rng: random.Random, stats: dict[str, list[float]]
+) -> list[tuple[int, int] | None]:
+    """Each fork's ``(base, call)`` (``None``: a fresh sample), with EVR statistics added to ``stats``."""
+    candidates = fork_candidates(base_states, settings)
+    plan = plan_forks(
+        [c[2] for c in candidates],
+        num_forks,
+        p_base=settings.p_base,
+        gamma=settings.gamma,
+        threshold=settings.threshold,
+        rng=rng,
+    )
+    stats.setdefault("evr/delta_h", []).extend(c[2] for c in candidates)
+    stats.setdefault("evr/fork_rate", []).append(sum(p is not None for p in plan) / max(num_forks, 1))
+    stats.setdefault("evr/qualified_points", []).append(sum(c[2] > settings.threshold for c in candidates))
+    for p in plan:
+        if p is not None:
+            base, call, _, depth = candidates[p]
+            stats.setdefault("evr/fork_depth_tokens", []).append(depth)
+            prefix = record_of(base_states[base].extra_fields).fork_points[call].fork_prefix_len
+            stats.setdefault("evr/prefix_tokens_reused", []).append(prefix)
+    return [None if p is None else (candidates[p][0], candidates[p][1]) for p in plan]
 
 
 class EVRAgentLoopWorker(GroupAgentLoopWorker):
@@ -361,7 +390,7 @@ class EVRAgentLoopWorker(GroupAgentLoopWorker):
         for uid, size in seen.items():
             default = self.rollout_config.agent.default_agent_loop
             name = agent_names[first_row[uid]] if agent_names is not None else default
-            if size > 1 and _is_medvr_agent(name):
+            if size > 1 and is_medvr_agent(name):
                 groups[uid] = _EVRGroup(uid, size)
             elif size > 1:
                 logger.warning("EVR needs agent loop 'medvr_agent'; group %s uses %r and runs unforked", uid, name)
@@ -404,27 +433,7 @@ class EVRAgentLoopWorker(GroupAgentLoopWorker):
     async def _plan_group(self, group: _EVRGroup) -> list[tuple[int, int] | None]:
         """Wait for the base trajectories, then pick each fork's ``(base, call)`` (``None``: fresh)."""
         states = await asyncio.gather(*[TRAJECTORY_STORE.expect(key) for key in group.base_keys])
-        candidates = _fork_candidates(states, self.evr)
-        num_forks = group.size - group.num_base
-        plan = plan_forks(
-            [c[2] for c in candidates],
-            num_forks,
-            p_base=self.evr.p_base,
-            gamma=self.evr.gamma,
-            threshold=self.evr.threshold,
-            rng=self._rng,
-        )
-        stats = self._evr_stats
-        stats.setdefault("evr/delta_h", []).extend(c[2] for c in candidates)
-        stats.setdefault("evr/fork_rate", []).append(sum(p is not None for p in plan) / max(num_forks, 1))
-        stats.setdefault("evr/qualified_points", []).append(sum(c[2] > self.evr.threshold for c in candidates))
-        for p in plan:
-            if p is not None:
-                depth = candidates[p][3]
-                stats.setdefault("evr/fork_depth_tokens", []).append(depth)
-                prefix = states[candidates[p][0]].extra_fields["medvr_tool_calls"][candidates[p][1]]["fork_prefix_len"]
-                stats.setdefault("evr/prefix_tokens_reused", []).append(prefix)
-        return [None if p is None else (candidates[p][0], candidates[p][1]) for p in plan]
+        return plan_group_forks(states, group.size - group.num_base, self.evr, self._rng, self._evr_stats)
 
 
 class EVRAgentLoopManager(GroupAgentLoopManager):
@@ -434,7 +443,7 @@ class EVRAgentLoopManager(GroupAgentLoopManager):
     worker_cls = EVRAgentLoopWorker
 
 
-def _is_medvr_agent(agent_name) -> bool:
+def is_medvr_agent(agent_name) -> bool:
     entry = _agent_loop_registry.get(str(agent_name))
     if entry is None:
         return False

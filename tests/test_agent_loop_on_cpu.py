@@ -52,6 +52,10 @@ def _column(output, key, row):
     return output.non_tensor_batch[key][row]
 
 
+def _record(output, row):
+    return output.non_tensor_batch["medvr_trajectory"][row]
+
+
 def test_batch_layout_matches_veRL(medvr_run, tokenizer):
     config, output, _ = medvr_run
     bs = len(output)
@@ -74,23 +78,23 @@ def test_zoom_is_recorded_with_fork_state(medvr_run, tokenizer):
     assert record["bbox_original"] == pytest.approx([0.0, 0.0, 200 * 98 / 196, 120 * 56 / 112])
     assert len(output.non_tensor_batch["multi_modal_inputs"][row]["image_grid_thw"]) == 2  # prompt + crop
 
-    (call,) = _column(output, "medvr_tool_calls", row)
+    (call,) = _record(output, row).fork_points
     responses = output.batch["responses"][row]
-    coords = tokenizer.decode(responses[call["coord_start"] : call["coord_end"]])
+    coords = tokenizer.decode(responses[call.coord_start : call.coord_end])
     assert coords.strip().startswith("[") and coords.strip().endswith("]") and "98" in coords
     # the fork prefix is the whole context up to the coordinates
     prompt_len = int(output.batch["attention_mask"][row, : output.batch["prompts"].shape[1]].sum())
     full = output.batch["input_ids"][row, output.batch["prompts"].shape[1] - prompt_len :]
-    prefix = tokenizer.decode(full[: call["fork_prefix_len"]])
+    prefix = tokenizer.decode(full[: call.fork_prefix_len])
     # (the token holding "[" may carry the space before it: the fork resamples from that token on)
-    assert prefix.rstrip().endswith('"bbox_2d":') and prefix.count("<|vision_start|>") == call["num_images"] == 1
+    assert prefix.rstrip().endswith('"bbox_2d":') and prefix.count("<|vision_start|>") == call.num_images == 1
 
     mask = output.batch["response_mask"][row]
-    assert mask[call["coord_start"] : call["coord_end"]].all()  # generated tokens
+    assert mask[call.coord_start : call.coord_end].all()  # generated tokens
     tool_tokens = tokenizer.decode(responses[mask == 0][: int((mask == 0).sum())])
     assert "<tool_response>" in tool_tokens  # the tool's tokens are masked out
-    turns = _column(output, "medvr_turns", row)
-    assert [t["start"] for t in turns][0] == 0 and len(turns) == 2
+    turns = _record(output, row).turns
+    assert turns[0].start == 0 and len(turns) == 2
 
 
 @pytest.mark.parametrize("key, valid", [("badargs", [False]), ("unknown", []), ("malformed", [])])
@@ -105,14 +109,14 @@ def test_bad_calls_never_break_the_trajectory(medvr_run, tokenizer, key, valid):
     if key == "unknown":
         assert "Unknown function 'ruler'" in text and "<answer>A</answer>" in text
     if key == "malformed":  # no parsable call: the turn is the final answer attempt
-        assert "<answer>" not in text and len(_column(output, "medvr_turns", row)) == 1
+        assert "<answer>" not in text and len(_record(output, row).turns) == 1
 
 
 def test_only_max_parallel_calls_run(medvr_run):
     _, output, rows = medvr_run
     row = rows["many"]
     assert len(_column(output, "medvr_zoom_calls", row)) == 1
-    assert len(_column(output, "medvr_tool_calls", row)) == 1
+    assert len(_record(output, row).fork_points) == 1
 
 
 def test_budget_ends_before_an_image_that_would_not_fit(medvr_run, tokenizer):

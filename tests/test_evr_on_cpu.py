@@ -65,13 +65,13 @@ def test_fork_shares_the_base_prefix_with_its_mask_and_logprobs(evr_run, tokeniz
     _, _, output = evr_run
     base = next(r for r in (0, 1) if base_index(tokenizer.decode(_valid_response(output, r))) == 1)
     fork = 2
-    (call,) = output.non_tensor_batch["medvr_tool_calls"][base][:1]
-    cut = call["coord_start"]
+    call = output.non_tensor_batch["medvr_trajectory"][base].fork_points[0]
+    cut = call.coord_start
     for key in ("responses", "response_mask", "rollout_log_probs"):
         assert output.batch[key][fork, :cut].tolist() == output.batch[key][base, :cut].tolist(), key
     assert output.batch["response_mask"][fork, :cut].all()
     assert output.batch["responses"][fork, cut:].tolist() != output.batch["responses"][base, cut:].tolist()
-    assert output.non_tensor_batch["medvr_fork"][fork]["prefix_tokens"] == call["fork_prefix_len"]
+    assert output.non_tensor_batch["medvr_fork"][fork]["prefix_tokens"] == call.fork_prefix_len
 
 
 def test_every_member_is_rewarded_as_one_group(evr_run):
@@ -129,18 +129,19 @@ def test_evr_on_real_distributions_of_the_tiny_model(ray_session, tiny_model_pat
     forks = output.non_tensor_batch["medvr_fork"]
     assert [f is not None for f in forks] == [False, False, True, True]
     for row in range(4):
-        entropies = [e for turn in output.non_tensor_batch["medvr_turns"][row] for e in (turn["entropy"] or [])]
+        turns = output.non_tensor_batch["medvr_trajectory"][row].turns
+        entropies = [e for turn in turns for e in (turn.entropy or [])]
         # a random-weight model over a 448-token vocabulary: entropies well above zero, all different
         assert len(entropies) > 10 and min(entropies) > 0.5 and len(set(entropies)) > len(entropies) // 2
     assert output.meta_info["timing"]["medvr/evr/delta_h/mean"] != 0.0
 
     # the rollout logprobs are the model's own: recompute one trajectory's first turn in this process
     row = 0
-    turn = output.non_tensor_batch["medvr_turns"][row][0]
+    turn = output.non_tensor_batch["medvr_trajectory"][row].turns[0]
     prompt_len = int(output.batch["attention_mask"][row, : output.batch["prompts"].shape[1]].sum())
     prompt = output.batch["prompts"][row, -prompt_len:].tolist()
-    tokens = output.batch["responses"][row, turn["start"] : turn["start"] + turn["length"]].tolist()
+    tokens = output.batch["responses"][row, turn.start : turn.start + turn.length].tolist()
     logprobs, estimated, exact = client.score(prompt, tokens, [chest_image().resize((196, 112))])
-    got = output.batch["rollout_log_probs"][row, turn["start"] : turn["start"] + turn["length"]].tolist()
+    got = output.batch["rollout_log_probs"][row, turn.start : turn.start + turn.length].tolist()
     assert got == pytest.approx(logprobs, abs=1e-4)
     assert all(e <= x + 1e-5 for e, x in zip(estimated, exact))  # the estimator is a lower bound
