@@ -12,6 +12,13 @@ scoring function and ``R_tool`` from one of four variants (the paper's tool-rewa
                   IoU > eta with the majority region of the correct trajectories, else 0.5.
 =============== =================================================================================
 
+Members are untrusted data (a custom scoring function, a broker payload, a rollout dump): a member's
+non-finite or non-numeric ``base_score`` counts as 0.0 and its ``acc`` as wrong (0.0); its malformed
+boxes (anything :func:`medvr_verl.tool_calls.validate_box` or the image-index rule refuses) are
+dropped, and at most ``MAX_BOXES_PER_TRAJECTORY`` are kept. One member's bad data therefore never
+raises and never changes another member's reward except through what it validly contributes, and
+every reward is finite (given finite ``w_tool``).
+
 Imports neither veRL nor torch.
 """
 
@@ -20,7 +27,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import math
+import numbers
+
+import numpy as np
+
 from medvr_verl.consensus import consensus_credit_by_image
+from medvr_verl.tool_calls import MAX_BOXES_PER_TRAJECTORY, as_image_index, validate_box
 
 Box = tuple[float, float, float, float]
 ImageBox = tuple[int, Box]
@@ -57,14 +70,58 @@ class GroupRewards:
     """The majority region as disjoint ``(image_index, box)`` rectangles (``consensus`` variant only)."""
 
 
+def _finite(value: object) -> float:
+    """A member's score as a finite float; 0.0 for anything else (NaN, inf, None, str, ...)."""
+    if isinstance(value, (bool, np.bool_)):
+        return float(value)
+    if not isinstance(value, numbers.Real):
+        return 0.0
+    try:
+        out = float(value)
+    except (TypeError, ValueError, OverflowError):
+        return 0.0
+    return out if math.isfinite(out) else 0.0
+
+
+def clean_boxes(boxes: object) -> list[ImageBox]:
+    """The valid ``(image_index, (x1, y1, x2, y2))`` entries of one member, malformed ones dropped,
+    at most ``MAX_BOXES_PER_TRAJECTORY`` kept. Never raises."""
+    if not isinstance(boxes, (list, tuple, np.ndarray)):
+        return []
+    out: list[ImageBox] = []
+    try:
+        entries = list(boxes)
+    except Exception:
+        return []
+    for entry in entries:
+        if len(out) >= MAX_BOXES_PER_TRAJECTORY:
+            break
+        if not isinstance(entry, (list, tuple)) or len(entry) != 2:
+            continue
+        index = as_image_index(entry[0])
+        box = validate_box(entry[1])
+        if index is not None and box is not None:
+            out.append((index, box))
+    return out
+
+
 def group_rewards(
     members: Sequence[MemberOutcome], variant: str = "consensus", eta: float = 0.5, w_tool: float = 1.0
 ) -> GroupRewards:
-    """Composite rewards of one prompt group."""
+    """Composite rewards of one prompt group.
+
+    Raises ValueError only for a bad ``variant``, ``eta`` or ``w_tool`` (configuration); bad member
+    data is cleaned (see the module docstring).
+    """
     if variant not in TOOL_REWARD_VARIANTS:
         raise ValueError(f"tool reward variant must be one of {TOOL_REWARD_VARIANTS}, got {variant!r}")
-    correct = [m.acc > 0 for m in members]
-    zoomed = [len(m.boxes) > 0 for m in members]
+    if isinstance(w_tool, bool) or not isinstance(w_tool, numbers.Real) or not math.isfinite(w_tool):
+        raise ValueError(f"w_tool must be a finite number, got {w_tool!r}")
+    bases = [_finite(getattr(m, "base_score", 0.0)) for m in members]
+    accs = [_finite(getattr(m, "acc", 0.0)) for m in members]
+    boxes = [clean_boxes(getattr(m, "boxes", None)) for m in members]
+    correct = [a > 0 for a in accs]
+    zoomed = [len(b) > 0 for b in boxes]
     in_quorum = [c and z for c, z in zip(correct, zoomed)]
     ious = [0.0] * len(members)
     consensus: list[ImageBox] = []
@@ -76,14 +133,14 @@ def group_rewards(
     elif variant == "correct":
         tool = [1.0 if q else 0.0 for q in in_quorum]
     else:
-        result = consensus_credit_by_image([list(m.boxes) for m in members], correct, eta=eta)
+        result = consensus_credit_by_image(boxes, correct, eta=eta)
         tool = list(result.rewards)
         ious = [iou if iou is not None else 0.0 for iou in result.ious]
         consensus = list(result.consensus)
 
     gated = [True] * len(members) if variant == "unconditional" else correct
     rewards = [
-        MemberReward(reward=m.base_score + (w_tool * t if g else 0.0), tool_reward=t, iou=iou, in_quorum=q)
-        for m, t, g, iou, q in zip(members, tool, gated, ious, in_quorum)
+        MemberReward(reward=base + (float(w_tool) * t if g else 0.0), tool_reward=t, iou=iou, in_quorum=q)
+        for base, t, g, iou, q in zip(bases, tool, gated, ious, in_quorum)
     ]
     return GroupRewards(rewards, sum(in_quorum), consensus)

@@ -58,3 +58,97 @@ def test_all_wrong_gets_no_tool_reward():
 def test_unknown_variant_is_refused():
     with pytest.raises(ValueError, match="tool reward variant"):
         group_rewards(_group(), "sometimes")
+
+
+# ------------------------------------------------------------------------------------------------
+# Hostile member data (issue 10): never raises, never leaks into another member's reward
+# ------------------------------------------------------------------------------------------------
+
+import math  # noqa: E402
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+from medvr_verl.composite import TOOL_REWARD_VARIANTS, clean_boxes  # noqa: E402
+
+_BAD_BOXES = [
+    (0, (math.nan, 0.0, 1.0, 1.0)),
+    (0, (0.0, 0.0, math.inf, 1.0)),
+    (None, (0.0, 0.0, 1.0, 1.0)),
+    (-1, (0.0, 0.0, 1.0, 1.0)),
+    ("0", (0.0, 0.0, 1.0, 1.0)),
+    (10**30, (0.0, 0.0, 1.0, 1.0)),
+    (0, (0.0, 0.0, 1.0)),
+    (0, "box"),
+    "entry",
+    [0, [1, 2, 3, 4], 5],
+]
+
+
+def test_bad_boxes_of_one_member_change_nobody_else():
+    clean = group_rewards(_group(), "consensus")
+    hostile = list(_group())
+    hostile[3] = MemberOutcome(base_score=1.0, acc=0.0, boxes=[BOX_A, *_BAD_BOXES])
+    hostile[4] = MemberOutcome(base_score=2.0, acc=1.0, boxes=_BAD_BOXES)  # only bad boxes: no zoom
+    result = group_rewards(hostile, "consensus")
+    assert result.members == clean.members
+    assert result.consensus == clean.consensus
+
+
+def test_non_finite_scores_are_zero_and_rewards_finite():
+    members = [
+        MemberOutcome(base_score=math.nan, acc=math.nan, boxes=[BOX_A]),
+        MemberOutcome(base_score=math.inf, acc=1.0, boxes=[BOX_A]),
+        MemberOutcome(base_score="2", acc=None, boxes=None),
+        MemberOutcome(base_score=2.0, acc=1.0, boxes=[BOX_A]),
+    ]
+    for variant in TOOL_REWARD_VARIANTS:
+        rewards = [r.reward for r in group_rewards(members, variant).members]
+        assert all(math.isfinite(r) for r in rewards), (variant, rewards)
+    consensus = group_rewards(members, "consensus").members
+    assert [r.reward for r in consensus] == [0.0, 1.0, 0.0, 3.0]
+
+
+def test_bad_w_tool_is_a_configuration_error():
+    with pytest.raises(ValueError):
+        group_rewards(_group(), "consensus", w_tool=math.nan)
+
+
+_leaf = st.one_of(
+    st.none(), st.booleans(), st.integers(-(10**30), 10**30), st.floats(allow_nan=True, allow_infinity=True), st.text(max_size=4)
+)
+_any = st.recursive(_leaf, lambda inner: st.lists(inner, max_size=5) | st.tuples(inner, inner), max_leaves=12)
+_box_entry = st.one_of(
+    _any,
+    st.tuples(
+        st.one_of(st.integers(-2, 3), _leaf),
+        st.one_of(st.tuples(*[st.one_of(st.integers(0, 20), st.floats(allow_nan=True, allow_infinity=True))] * 4), _any),
+    ),
+)
+_member = st.builds(
+    MemberOutcome,
+    base_score=st.one_of(_leaf, st.floats(-3, 3)),
+    acc=st.one_of(_leaf, st.sampled_from([0.0, 1.0])),
+    boxes=st.one_of(_any, st.lists(_box_entry, max_size=5)),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(_member, max_size=6), st.sampled_from(TOOL_REWARD_VARIANTS))
+def test_any_member_data_gives_finite_rewards(members, variant):
+    result = group_rewards(members, variant)
+    assert len(result.members) == len(members)
+    for r in result.members:
+        assert math.isfinite(r.reward) and r.tool_reward in (0.0, 0.5, 1.0) and math.isfinite(r.iou)
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(_member, min_size=1, max_size=5), st.lists(_box_entry, max_size=5))
+def test_a_members_junk_boxes_do_not_change_others(members, junk):
+    """Appending boxes to member 0 changes others' rewards only through the valid ones it adds."""
+    base = group_rewards(members, "consensus")
+    extra = [e for e in junk if not clean_boxes([e])]  # keep only what validation refuses
+    hostile = [MemberOutcome(members[0].base_score, members[0].acc, [*clean_boxes(members[0].boxes), *extra]), *members[1:]]
+    base2 = group_rewards([MemberOutcome(members[0].base_score, members[0].acc, clean_boxes(members[0].boxes)), *members[1:]], "consensus")
+    assert group_rewards(hostile, "consensus").members == base2.members
+    assert base.members == base2.members
