@@ -16,6 +16,12 @@ spread evenly over the ``V - k`` other tokens, so
 see :func:`topk_entropy_error_bound`. With k = 20 on a confident policy the tail mass is a few
 percent at most and the error a small fraction of a nat; the estimate is exact when k = V.
 
+The bound needs exactly the top k. vLLM (0.24.0, ``Sampler.gather_logprobs``) returns the sampled
+token first, then the top k: k + 1 entries whenever the sampled token is outside the top k. Taking
+that extra entry as ``p_k`` would move the tail's ceiling below the true ``p_k`` and the estimate off
+its bound, so pass ``k``: only the k largest entries are used (the extra one is never larger than
+the true ``p_k``, so they are exactly the top k).
+
 EVR (DESIGN.md section 3): ``H_base`` is the mean entropy of the first tokens of the response;
 ``H_tool`` the largest rolling mean over a window of a zoom call's coordinate tokens (the spike the
 paper branches on); ``dH = H_tool - H_base``. A tool call qualifies as a fork point when
@@ -34,13 +40,25 @@ TOKEN_ENTROPY_KEY = "token_entropy"
 """Key of the per-token entropy list in a rollout server's ``TokenOutput.extra_fields``."""
 
 
-def topk_entropy(logprobs: Sequence[float]) -> float:
+def _top_probs(logprobs: Sequence[float], k: int | None) -> list[float]:
+    """The ``k`` largest probabilities (all when ``k`` is None), largest first; non-finite dropped."""
+    if k is not None and (isinstance(k, bool) or int(k) != k or k < 1):
+        raise ValueError(f"k must be a positive integer or None, got {k!r}")
+    probs = sorted((math.exp(lp) for lp in logprobs if math.isfinite(lp)), reverse=True)
+    return probs if k is None else probs[: int(k)]
+
+
+def topk_entropy(logprobs: Sequence[float], k: int | None = None) -> float:
     """Entropy estimate (nats) of one position from its top-k logprobs (any order).
+
+    ``k``: how many of the largest entries are the top k; entries beyond them (vLLM's sampled token
+    when it lies outside the top k) are left out. ``None`` takes every entry as the top k, which is
+    right only when the list holds exactly the top k (and no duplicates).
 
     Returns the lower-bound estimate described in the module docstring; 0.0 for an empty list.
     Non-finite logprobs (``-inf`` for impossible tokens) are ignored.
     """
-    probs = sorted((math.exp(lp) for lp in logprobs if math.isfinite(lp)), reverse=True)
+    probs = _top_probs(logprobs, k)
     if not probs:
         return 0.0
     head = -sum(p * math.log(p) for p in probs if p > 0.0)
@@ -49,9 +67,9 @@ def topk_entropy(logprobs: Sequence[float]) -> float:
     return head - tail * math.log(p_min) if tail > 0.0 and p_min > 0.0 else head
 
 
-def topk_entropy_error_bound(logprobs: Sequence[float], vocab_size: int) -> float:
-    """Upper bound (nats) of ``H - topk_entropy(logprobs)`` for a vocabulary of ``vocab_size`` tokens."""
-    probs = sorted((math.exp(lp) for lp in logprobs if math.isfinite(lp)), reverse=True)
+def topk_entropy_error_bound(logprobs: Sequence[float], vocab_size: int, k: int | None = None) -> float:
+    """Upper bound (nats) of ``H - topk_entropy(logprobs, k)`` for a vocabulary of ``vocab_size`` tokens."""
+    probs = _top_probs(logprobs, k)
     tail = max(0.0, 1.0 - sum(probs))
     rest = vocab_size - len(probs)
     if tail <= 0.0 or rest <= 0 or not probs:

@@ -37,6 +37,45 @@ def test_topk_estimate_is_a_lower_bound_within_the_stated_error(logits, k):
     assert exact - estimate <= bound + 1e-9
 
 
+@settings(deadline=None, max_examples=200)
+@given(
+    logits=st.lists(st.floats(-20, 20), min_size=3, max_size=300),
+    k=st.integers(1, 40),
+    pick=st.floats(0, 1),
+)
+def test_topk_estimate_with_vllms_extra_sampled_entry(logits, k, pick):
+    """vLLM's k + 1 entries (the sampled token first, outside the top k): still the top-k bound."""
+    full = _logprobs(logits)
+    order = sorted(range(len(full)), key=lambda t: -full[t])
+    if k >= len(full):
+        k = len(full) - 1
+    sampled = order[k + int(pick * (len(full) - k - 1))]  # a token outside the top k
+    entries = [full[sampled]] + [full[t] for t in order[:k]]  # Sampler.gather_logprobs' order
+    top = sorted(full, reverse=True)[:k]
+    exact = exact_entropy(full)
+    estimate = topk_entropy(entries, k)
+    assert estimate == pytest.approx(topk_entropy(top), abs=1e-12)
+    assert estimate <= exact + 1e-9
+    assert exact - estimate <= topk_entropy_error_bound(entries, len(full), k) + 1e-9
+    # a sampled token inside the top k: vLLM's dict merges it, k entries
+    assert topk_entropy(top, k) == pytest.approx(topk_entropy(top))
+
+
+def test_extra_entry_taken_as_p_k_overestimates():
+    """The defect k fixes: with the sampled token's tiny p as p_k the tail looks far more spread out."""
+    probs = [0.6, 0.39] + [0.001] * 10
+    full = [math.log(p) for p in probs]
+    entries = [math.log(0.001), math.log(0.6)]  # k = 1, sampled token outside the top 1
+    assert topk_entropy(entries) > exact_entropy(full) + 1.0  # the old reading: off the bound
+    assert topk_entropy(entries, 1) <= exact_entropy(full)
+
+
+def test_k_must_be_positive():
+    for bad in (0, -3, 1.5, True):
+        with pytest.raises(ValueError):
+            topk_entropy([0.0], bad)
+
+
 def test_topk_estimate_is_exact_with_the_whole_vocabulary():
     full = _logprobs([0.3, -1.0, 2.0, 0.0])
     assert topk_entropy(full) == pytest.approx(exact_entropy(full))
