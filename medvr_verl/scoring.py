@@ -15,27 +15,72 @@ stay between turns). All scanning is ``str.find``-based and linear in the text l
 regex that could backtrack on adversarial model output.
 
 :func:`compute_score` is a plain callable usable as veRL's ``custom_reward_function``.
+
+Accuracy: normalised exact match (the reward and the evaluation use the same rule)
+--------------------------------------------------------------------------------------
+Open and closed answers are compared as token lists after one normalisation
+(:func:`normalize_tokens`), applied to prediction and ground truth alike:
+
+1. Unicode NFKC, lowercase; a leading "the answer is" / "answer:" (and similar) is dropped;
+2. punctuation becomes a space (apostrophes vanish, a decimal point between digits stays);
+3. articles ``a``, ``an``, ``the`` are dropped; whitespace collapses;
+4. numbers are canonical decimals ("3.50" -> "3.5", "03" -> "3"), never split or rounded;
+5. simple plurals fold to the singular ("kidneys" -> "kidney", "arteries" -> "artery",
+   "masses" -> "mass"; words ending in "ss", "us", "is" and words under 4 letters are kept).
+
+Then the token lists must be **equal**. Nothing is accepted by containment, so hedging cannot pay:
+a list of candidates ("liver, lung or heart", "liver lung heart"), an alternative ("yes or no"), a
+negation ("no pneumonia", "not left", "without pneumonia") and a number fragment ("3.5" or "0.3"
+for "3", "0.5 mm" for "5 mm") are all wrong. Closed (yes/no) questions accept a one-word answer
+from the yes or no synonym set (``yes y yeah yep true correct`` / ``no n nope false incorrect``);
+"Yes, there is a mass" is wrong for the reward (put the explanation in ``<think>``). Multiple
+choice accepts the option letter or exactly one option's text, nothing that names two options.
+
+:func:`lenient_accuracy` keeps the older bounded-containment rule of LLaVA-Med-style evaluators
+("left lung" inside "mass in left lung") for an extra evaluation column only; it is never used in
+the reward.
+
+Format: a small penalty, switchable
+-------------------------------------
+``R_format`` is the paper's "small format penalty": by default (``format_mode="penalty"``,
+``format_weight=0.1``) a response without the required format loses 0.1, so
+``score = acc - 0.1 * (1 - format)``: a correct answer always outscores a wrong one whatever the
+format. ``format_mode="bonus"`` gives the older ``acc + format_weight * format`` (with
+``format_weight=1.0`` a wrong, well-formatted answer ties a correct, badly formatted one).
 """
 
 from __future__ import annotations
 
+import math
+import re
 import string
+import unicodedata
 from collections.abc import Mapping, Sequence
 
 __all__ = [
+    "DEFAULT_FORMAT_MODE",
+    "DEFAULT_FORMAT_WEIGHT",
+    "FORMAT_MODES",
+    "NO_WORDS",
     "QUESTION_TYPES",
+    "YES_WORDS",
     "accuracy",
     "compute_score",
     "extract_answer",
     "format_reward",
     "infer_question_type",
+    "lenient_accuracy",
     "normalize_text",
+    "normalize_tokens",
     "score_closed",
     "score_multiple_choice",
     "score_open",
 ]
 
 QUESTION_TYPES = ("multiple_choice", "closed", "open")
+FORMAT_MODES = ("penalty", "bonus")
+DEFAULT_FORMAT_MODE = "penalty"
+DEFAULT_FORMAT_WEIGHT = 0.1
 
 _ANSWER_OPEN, _ANSWER_CLOSE = "<answer>", "</answer>"
 _THINK_OPEN, _THINK_CLOSE = "<think>", "</think>"
@@ -154,7 +199,8 @@ _PUNCT_TABLE = str.maketrans(
 
 
 def _tokens(text: str) -> list[str]:
-    """Lowercase, punctuation -> space, split, drop articles a/an/the."""
+    """Lowercase, punctuation -> space, split, drop articles a/an/the (no plural or number
+    folding: the multiple-choice reader and :func:`normalize_text` use this)."""
     return [t for t in text.lower().translate(_PUNCT_TABLE).split() if t not in _ARTICLES]
 
 
@@ -162,6 +208,70 @@ def normalize_text(text: str) -> str:
     """VQA-style normalization: lowercase, strip punctuation, drop articles (a, an, the),
     collapse whitespace. ``"The X-ray."`` -> ``"x ray"``."""
     return " ".join(_tokens(text))
+
+
+# A '.' between two digits is a decimal point, not punctuation. Fixed-width look-arounds: linear.
+_DECIMAL_POINT = re.compile(r"(?<=\d)\.(?=\d)")
+_POINT_MARK = "\x00"  # stands for a kept decimal point while punctuation is translated away
+_ANSWER_LEAD_INS = (
+    "the final answer is",
+    "the correct answer is",
+    "the answer is",
+    "final answer:",
+    "final answer is",
+    "answer is",
+    "answer:",
+)
+
+
+def _canonical_number(token: str) -> str | None:
+    """"3.50" -> "3.5", "03" -> "3", "3.0" -> "3"; None when ``token`` is not a plain decimal."""
+    whole, dot, frac = token.partition(".")
+    if not whole.isdigit() or not whole.isascii() or (dot and not (frac.isdigit() and frac.isascii())):
+        return None
+    whole = whole.lstrip("0") or "0"
+    frac = frac.rstrip("0")
+    return f"{whole}.{frac}" if frac else whole
+
+
+def _singular(token: str) -> str:
+    """Fold a simple English plural: "kidneys" -> "kidney", "arteries" -> "artery", "masses" ->
+    "mass". Words under 4 letters and words ending in "ss", "us", "is" are kept."""
+    if len(token) < 4 or not token.isalpha() or not token.endswith("s"):
+        return token
+    if token.endswith(("ss", "us", "is")):
+        return token
+    if token.endswith("ies") and len(token) > 4:
+        return token[:-3] + "y"
+    if token.endswith("sses"):
+        return token[:-2]
+    return token[:-1]
+
+
+def _strip_answer_lead_in(text: str) -> str:
+    lowered = text.lower()
+    for lead in _ANSWER_LEAD_INS:
+        if lowered.startswith(lead):
+            after = text[len(lead) :]
+            rest = after.lstrip(" \t\n:-")
+            if rest and not after[0].isalnum():
+                return rest
+    return text
+
+
+def normalize_tokens(text: str) -> list[str]:
+    """The normalised tokens :func:`score_open` and :func:`score_closed` compare (module docstring)."""
+    text = unicodedata.normalize("NFKC", str(text)).strip()
+    text = _strip_answer_lead_in(text)
+    text = _DECIMAL_POINT.sub(_POINT_MARK, text.lower())
+    out = []
+    for raw in text.translate(_PUNCT_TABLE).split():
+        token = raw.replace(_POINT_MARK, ".")
+        if token in _ARTICLES:
+            continue
+        number = _canonical_number(token)
+        out.append(number if number is not None else _singular(token))
+    return out
 
 
 # ----------------------------------------------------------------------------------------------
@@ -276,11 +386,11 @@ def _resolve_choice(text: str, options: dict[str, str]) -> str | None:
     parsed = _leading_letter(body, letters)
     if parsed is not None:
         letter, rest, strong = parsed
+        if rest and _only_letters(rest, letters):
+            return None  # "A, B" / "(A) and (C)" / "B A": several letters is a wrong answer
         rest_norm = normalize_text(rest)
         if not rest_norm or rest_norm == options.get(letter):
             return letter
-        if _only_letters(rest, letters):
-            return None  # "A, B" / "(A) and (C)": several letters is a wrong answer
         if strong:
             named = [k for k, v in options.items() if v == rest_norm and k != letter]
             return None if named else letter  # "B: CT" when CT is option A contradicts itself
@@ -318,23 +428,49 @@ def score_multiple_choice(pred: str, gt: str, options: Mapping[str, object] | Se
 # ----------------------------------------------------------------------------------------------
 
 _YES_NO = frozenset({"yes", "no"})
+YES_WORDS = frozenset({"yes", "y", "yeah", "yep", "true", "correct"})
+NO_WORDS = frozenset({"no", "n", "nope", "false", "incorrect"})
+
+
+def _polarity(tokens: list[str]) -> str | None:
+    """"yes" / "no" for a one-word answer from either synonym set, else None."""
+    if len(tokens) != 1:
+        return None
+    if tokens[0] in YES_WORDS:
+        return "yes"
+    if tokens[0] in NO_WORDS:
+        return "no"
+    return None
 
 
 def score_closed(pred: str, gt: str) -> float:
-    """Yes/no questions (VQA-RAD, SLAKE, PathVQA closed).
+    """Yes/no questions (VQA-RAD, SLAKE, PathVQA closed): exact match of the polarity.
 
-    Both are normalized (:func:`normalize_text`) and their first words compared: "Yes, there is a
-    mass." matches "yes". Only yes/no count (not true/false). A prediction whose first word is not
-    yes/no is wrong. If ``gt`` itself does not start with yes/no, the normalized texts must be
-    equal.
+    A ground truth that normalizes (:func:`normalize_tokens`) to one yes/no word needs a
+    prediction that is one word of the same synonym set ("Yes.", "true"); anything longer ("yes
+    or no", "yes, there is a mass", "not yes") is wrong. If ``gt`` is no yes/no word the
+    normalized token lists must be equal.
     """
     if pred is None or gt is None:
         return 0.0
-    gt_tokens = _tokens(str(gt))
-    pred_tokens = _tokens(str(pred))
-    if gt_tokens and gt_tokens[0] in _YES_NO:
-        return float(bool(pred_tokens) and pred_tokens[0] == gt_tokens[0])
+    gt_tokens = normalize_tokens(gt)
+    pred_tokens = normalize_tokens(pred)
+    want = _polarity(gt_tokens)
+    if want is not None:
+        return float(_polarity(pred_tokens) == want)
     return float(bool(gt_tokens) and pred_tokens == gt_tokens)
+
+
+def score_open(pred: str, gt: str) -> float:
+    """Open-ended answers: normalised exact match (see the module docstring for the rule).
+
+    1.0 when :func:`normalize_tokens` gives the same non-empty token list for both, else 0.0.
+    Lists, alternatives, negations and number fragments are therefore wrong.
+    """
+    if pred is None or gt is None:
+        return 0.0
+    gt_tokens = normalize_tokens(gt)
+    return float(bool(gt_tokens) and normalize_tokens(pred) == gt_tokens)
 
 
 def _contains_run(haystack: list[str], needle: list[str]) -> bool:
@@ -347,20 +483,26 @@ def _contains_run(haystack: list[str], needle: list[str]) -> bool:
     return False
 
 
-def score_open(pred: str, gt: str) -> float:
-    """Open-ended answers, exact match with a bounded recall rule.
+def lenient_accuracy(pred: str | None, gt: str, question_type: str | None = None) -> float:
+    """Evaluation-only lenient accuracy (an extra column; **never** the reward).
 
-    Both sides are normalized (lowercase, punctuation, articles a/an/the, whitespace). Score 1.0
-    when the token lists are equal; else 1.0 when the ground truth's tokens appear as a contiguous
-    run in the prediction *and* the prediction has at most ``max(2 * g, g + 3)`` tokens for ``g``
-    ground-truth tokens ("left lung" in "mass in left lung"). This is the recall-style check of
-    LLaVA-Med / MedVLM-R1 evaluators, bounded so that listing many candidates does not pay.
-    Else 0.0.
+    Open: exact match, or the ground truth's tokens as a contiguous run of a prediction of at most
+    ``max(2 * g, g + 3)`` tokens (the LLaVA-Med / MedVLM-R1 recall rule). Closed: the first word's
+    polarity. Other types: :func:`accuracy`.
     """
     if pred is None or gt is None:
         return 0.0
-    gt_tokens = _tokens(str(gt))
-    pred_tokens = _tokens(str(pred))
+    if question_type is None:
+        question_type = infer_question_type(gt)
+    gt_tokens = normalize_tokens(gt)
+    pred_tokens = normalize_tokens(pred)
+    if question_type == "closed":
+        want = _polarity(gt_tokens)
+        if want is not None:
+            return float(bool(pred_tokens) and _polarity(pred_tokens[:1]) == want)
+        return float(bool(gt_tokens) and pred_tokens == gt_tokens)
+    if question_type != "open":
+        return accuracy(pred, gt, question_type)
     if not gt_tokens or not pred_tokens:
         return 0.0
     if pred_tokens == gt_tokens:
@@ -393,7 +535,7 @@ def infer_question_type(gt: str, options: object = None) -> str:
     """
     if _has_options(options):
         return "multiple_choice"
-    if normalize_text(str(gt)) in _YES_NO:
+    if gt is not None and normalize_text(str(gt)) in _YES_NO:
         return "closed"
     return "open"
 
@@ -462,19 +604,38 @@ def compute_score(
     extra_info: Mapping[str, object] | None = None,
     **kwargs: object,
 ) -> dict:
-    """veRL ``custom_reward_function``: accuracy plus weighted format reward for one response.
+    """veRL ``custom_reward_function``: accuracy plus the format term for one response.
 
     Args:
         data_source: dataset name (unused; the question type comes from ``extra_info``).
         solution_str: the decoded response.
         ground_truth: one answer or a list of acceptable answers (any match counts).
         extra_info: may hold "question_type" and "options".
-        **kwargs: ``format_weight`` (default 1.0); anything else veRL passes is ignored.
+        **kwargs: ``format_mode`` ("penalty", default, or "bonus") and ``format_weight`` (default
+            0.1, a finite number >= 0); anything else veRL passes is ignored.
 
     Returns:
-        ``{"score": acc + format_weight * format, "acc": acc, "format": fmt, "pred": answer or ""}``
+        ``{"score": acc + format term, "acc": acc, "format": fmt, "pred": answer or ""}`` where the
+        format term is ``-format_weight * (1 - fmt)`` ("penalty") or ``format_weight * fmt``
+        ("bonus").
+
+    Raises:
+        ValueError: unknown ``format_mode`` or a negative / non-finite ``format_weight``.
     """
-    format_weight = float(kwargs.get("format_weight", 1.0))  # type: ignore[arg-type]
+    format_weight = kwargs.get("format_weight", DEFAULT_FORMAT_WEIGHT)
+    format_mode = kwargs.get("format_mode", DEFAULT_FORMAT_MODE)
+    if format_weight is None:
+        format_weight = DEFAULT_FORMAT_WEIGHT
+    if format_mode is None:
+        format_mode = DEFAULT_FORMAT_MODE
+    if format_mode not in FORMAT_MODES:
+        raise ValueError(f"format_mode must be one of {FORMAT_MODES}, got {format_mode!r}")
+    try:
+        format_weight = float(format_weight)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        raise ValueError(f"format_weight must be a finite number >= 0, got {format_weight!r}") from None
+    if not (math.isfinite(format_weight) and format_weight >= 0):
+        raise ValueError(f"format_weight must be a finite number >= 0, got {format_weight!r}")
     info = extra_info if isinstance(extra_info, Mapping) else {}
     # Parquet/pandas rows may hold None or NaN for a missing type: anything but a non-empty str
     # means "infer it".
@@ -492,8 +653,9 @@ def compute_score(
             acc = max(acc, accuracy(pred, str(gt), question_type, options))
             if acc >= 1.0:
                 break
+    term = format_weight * fmt if format_mode == "bonus" else -format_weight * (1.0 - fmt)
     return {
-        "score": acc + format_weight * fmt,
+        "score": acc + term,
         "acc": acc,
         "format": fmt,
         "pred": pred if pred is not None else "",

@@ -8,12 +8,17 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from medvr_verl.scoring import (
+    DEFAULT_FORMAT_WEIGHT,
+    NO_WORDS,
+    YES_WORDS,
     accuracy,
     compute_score,
     extract_answer,
     format_reward,
     infer_question_type,
+    lenient_accuracy,
     normalize_text,
+    normalize_tokens,
     score_closed,
     score_multiple_choice,
     score_open,
@@ -256,18 +261,26 @@ def test_mc_none_inputs():
         ("yes", "yes", 1.0),
         ("Yes", "yes", 1.0),
         ("YES.", "Yes", 1.0),
-        ("Yes, there is a mass in the left lung.", "yes", 1.0),
-        ("No; the heart is normal", "no", 1.0),
+        ("Yes, there is a mass in the left lung.", "yes", 0.0),  # exact match: one word only
+        ("No; the heart is normal", "no", 0.0),
+        ("yes or no", "yes", 0.0),  # hedges never pay
+        ("yes or no", "no", 0.0),
+        ("yes and no", "yes", 0.0),
+        ("not yes", "yes", 0.0),
+        ("yes yes", "yes", 0.0),
         ("no", "No.", 1.0),
         ("yes", "no", 0.0),
         ("No, but maybe", "yes", 0.0),
-        ("True", "yes", 0.0),  # only yes/no count
-        ("false", "no", 0.0),
+        ("True", "yes", 1.0),  # yes/no synonyms
+        ("false", "no", 1.0),
+        ("Correct.", "yes", 1.0),
+        ("true", "no", 0.0),
+        ("The answer is: yes", "yes", 1.0),
         ("There is no mass", "no", 0.0),  # first word decides
         ("", "yes", 0.0),
         ("yes", "", 0.0),
         ("  \n yes", "yes", 1.0),
-        ("yes-ish", "yes", 1.0),  # punctuation splits words
+        ("yes-ish", "yes", 0.0),  # punctuation splits words: two words
         ("Left", "left", 1.0),  # not a yes/no gt: normalized equality
         ("Left lung", "left", 0.0),
     ],
@@ -290,26 +303,46 @@ def test_closed(pred, gt, expected):
         ("left-lung", "left lung", 1.0),
         ("T2-weighted", "t2 weighted", 1.0),
         ("patient's liver", "patients liver", 1.0),
-        ("mass in the left lung", "left lung", 1.0),  # 4 tokens <= max(4, 5)
-        ("a mass in the left lung", "left lung", 1.0),  # 4 tokens ("a", "the" dropped)
+        ("mass in the left lung", "left lung", 0.0),  # exact match only
+        ("a mass in the left lung", "left lung", 0.0),
         ("there is mass in left lung", "left lung", 0.0),  # 6 tokens > max(4, 5)
         ("there is a mass in the left lung", "left lung", 0.0),
         ("there is a large mass in the left upper lung", "left lung", 0.0),  # not contiguous
         ("left lung right lung heart liver spleen kidney", "left lung", 0.0),  # too long
         ("lung left", "left lung", 0.0),
         ("liver", "liver", 1.0),
-        ("liver and spleen", "liver", 1.0),  # 3 tokens <= max(2, 4)
-        ("liver spleen kidney heart", "liver", 1.0),  # 4 tokens <= 4
+        ("liver and spleen", "liver", 0.0),  # lists never pay
+        ("liver spleen kidney heart", "liver", 0.0),
+        ("liver lung heart kidney", "liver", 0.0),
+        ("lung, liver or heart", "liver", 0.0),
+        ("not liver", "liver", 0.0),
+        ("no pneumonia", "pneumonia", 0.0),  # negations are wrong
+        ("not pneumonia", "pneumonia", 0.0),
+        ("without pneumonia", "pneumonia", 0.0),
+        ("not left", "left", 0.0),
+        ("3.5", "3", 0.0),  # number fragments are wrong
+        ("0.3", "3", 0.0),
+        ("0.5 mm", "5 mm", 0.0),
+        ("3", "3.5", 0.0),
+        ("3.0", "3", 1.0),  # canonical decimals
+        ("3.50 cm", "3.5 cm", 1.0),
+        ("The answer is: liver", "liver", 1.0),
+        ("kidneys", "kidney", 1.0),  # simple plurals fold
+        ("arteries", "artery", 1.0),
+        ("masses", "mass", 1.0),
+        ("pelvis", "pelvi", 0.0),
+        ("Ｌｉｖｅｒ", "liver", 1.0),  # NFKC
         ("liver spleen kidney heart lung", "liver", 0.0),  # 5 > 4
-        ("the liver is enlarged", "liver", 1.0),
-        ("livers", "liver", 0.0),
+        ("the liver is enlarged", "liver", 0.0),
+        ("livers", "liver", 1.0),
         ("", "liver", 0.0),
         ("liver", "", 0.0),
         ("a", "the", 0.0),  # both empty after normalization
-        ("chest x-ray", "X-ray", 1.0),
+        ("chest x-ray", "X-ray", 0.0),
+        ("X ray", "X-ray", 1.0),
         ("ct", "mri", 0.0),
         ("pneumothorax", "Pneumothorax", 1.0),
-        ("right pleural effusion", "pleural effusion", 1.0),
+        ("right pleural effusion", "pleural effusion", 0.0),
         ("2.5 cm", "2.5 cm", 1.0),
         ("25 cm", "2.5 cm", 0.0),
     ],
@@ -326,7 +359,7 @@ def test_normalize_text():
 @settings(deadline=None, max_examples=200)
 @given(st.text(max_size=40))
 def test_open_exact_self_match(text):
-    expected = 1.0 if normalize_text(text) else 0.0
+    expected = 1.0 if normalize_tokens(text) else 0.0
     assert score_open(text, text) == expected
 
 
@@ -367,17 +400,26 @@ def test_infer_question_type(gt, options, expected):
 
 def test_accuracy_dispatch():
     assert accuracy("B", "MRI", "multiple_choice", OPTIONS) == 1.0
-    assert accuracy("Yes, it is.", "yes", "closed") == 1.0
-    assert accuracy("Yes, it is.", "yes", "open") == 1.0  # 3 tokens <= max(2, 1 + 3)
-    assert accuracy("No, it is not there.", "no", "open") == 0.0  # 5 tokens > max(2, 4)
-    assert accuracy("No, it is not there.", "no", "closed") == 1.0
-    assert accuracy("it is not, no", "no", "open") == 1.0
-    assert accuracy("mass in left lung", "left lung", "open") == 1.0
+    assert accuracy("Yes.", "yes", "closed") == 1.0
+    assert accuracy("Yes, it is.", "yes", "closed") == 0.0
+    assert accuracy("Yes, it is.", "yes", "open") == 0.0
+    assert accuracy("No, it is not there.", "no", "closed") == 0.0
+    assert accuracy("it is not, no", "no", "open") == 0.0
+    assert accuracy("mass in left lung", "left lung", "open") == 0.0
     assert accuracy(None, "yes", "closed") == 0.0
     # Inferred types
     assert accuracy("(B)", "B", None, OPTIONS) == 1.0
-    assert accuracy("no, normal", "no", None) == 1.0
-    assert accuracy("mass in left lung", "left lung", None) == 1.0
+    assert accuracy("no", "no", None) == 1.0
+    assert accuracy("left lung", "left lung", None) == 1.0
+
+
+def test_lenient_accuracy_is_the_old_recall_rule_for_evaluation():
+    assert lenient_accuracy("mass in left lung", "left lung", "open") == 1.0
+    assert lenient_accuracy("there is a large mass in the left upper lung", "left lung", "open") == 0.0
+    assert lenient_accuracy("Yes, it is.", "yes", "closed") == 1.0
+    assert lenient_accuracy("no", "yes", "closed") == 0.0
+    assert lenient_accuracy("(B)", "B", "multiple_choice") == 1.0
+    assert lenient_accuracy(None, "yes") == 0.0
 
 
 @pytest.mark.parametrize("qtype", ["yes/no", "mc", "", "OPEN"])
@@ -395,7 +437,7 @@ def test_accuracy_unknown_type(qtype):
 
 def test_compute_score_full_marks():
     out = compute_score("pmc_vqa", GOOD_MULTI, "B", {"question_type": "multiple_choice", "options": OPTIONS})
-    assert out == {"score": 2.0, "acc": 1.0, "format": 1.0, "pred": "B"}
+    assert out == {"score": 1.0, "acc": 1.0, "format": 1.0, "pred": "B"}
 
 
 def test_compute_score_keywords_as_verl_calls_it():
@@ -405,28 +447,50 @@ def test_compute_score_keywords_as_verl_calls_it():
         ground_truth="no",
         extra_info={"question_type": "closed", "index": 3},
     )
-    assert out["score"] == 2.0
+    assert out["score"] == 1.0
 
 
 def test_compute_score_format_weight_and_wrong_answer():
     text = "<think>x</think><answer>yes</answer>"
-    assert compute_score("d", text, "no", None, format_weight=0.5) == {
+    assert compute_score("d", text, "no", None, format_weight=0.5, format_mode="bonus") == {
         "score": 0.5,
         "acc": 0.0,
         "format": 1.0,
         "pred": "yes",
     }
     assert compute_score("d", text, "yes", None, format_weight=0.0)["score"] == 1.0
+    assert compute_score("d", text, "no", None, format_weight=0.5)["score"] == 0.0  # penalty: no bonus
 
 
 def test_compute_score_no_answer():
     out = compute_score("d", "I am not sure", "yes")
-    assert out == {"score": 0.0, "acc": 0.0, "format": 0.0, "pred": ""}
+    assert out == {"score": -0.1, "acc": 0.0, "format": 0.0, "pred": ""}
 
 
 def test_compute_score_correct_but_badly_formatted():
     out = compute_score("d", "<answer>left lung</answer>", "left lung")
-    assert out == {"score": 1.0, "acc": 1.0, "format": 0.0, "pred": "left lung"}
+    assert out == {"score": 0.9, "acc": 1.0, "format": 0.0, "pred": "left lung"}
+
+
+@pytest.mark.parametrize("mode, weight", [("penalty", None), ("penalty", 0.1), ("penalty", 0.9), ("bonus", 0.5)])
+def test_accuracy_dominates_format(mode, weight):
+    """A correct answer in bad format outscores a wrong one in perfect format (issue 13 item 2)."""
+    kwargs = {"format_mode": mode} if weight is None else {"format_mode": mode, "format_weight": weight}
+    right_bad = compute_score("d", "<answer>liver</answer>", "liver", **kwargs)["score"]
+    wrong_good = compute_score("d", "<think>x</think><answer>lung</answer>", "liver", **kwargs)["score"]
+    right_good = compute_score("d", "<think>x</think><answer>liver</answer>", "liver", **kwargs)["score"]
+    wrong_bad = compute_score("d", "lung", "liver", **kwargs)["score"]
+    assert right_good > right_bad > wrong_good > wrong_bad
+
+
+def test_format_defaults_and_bad_settings():
+    good = "<think>x</think><answer>liver</answer>"
+    assert compute_score("d", "<answer>liver</answer>", "liver")["score"] == pytest.approx(1.0 - DEFAULT_FORMAT_WEIGHT)
+    assert compute_score("d", good, "liver", format_mode="bonus", format_weight=1.0)["score"] == 2.0
+    assert compute_score("d", good, "liver", format_mode=None, format_weight=None)["score"] == 1.0
+    for bad in ({"format_mode": "bonus!"}, {"format_weight": -1}, {"format_weight": float("nan")}, {"format_weight": "x"}):
+        with pytest.raises(ValueError):
+            compute_score("d", good, "liver", **bad)
 
 
 def test_compute_score_list_ground_truth():
@@ -486,4 +550,69 @@ def test_adversarial_scorers_direct():
     long = "A, " * 200_000
     assert score_multiple_choice(long, "A", OPTIONS) == 0.0
     assert score_open(long, "a a") == 0.0
-    assert score_closed("yes " * 200_000, "yes") == 1.0
+    assert score_closed("yes " * 200_000, "yes") == 0.0
+    assert score_closed("yes", "yes " * 200_000) == 0.0
+
+
+# ----------------------------------------------------------------------------------------------
+# Hedges never pay (issues 10 and 13): property tests over answers
+# ----------------------------------------------------------------------------------------------
+
+_word = st.text(alphabet="abcdefghijklmnopqrstuvwxyz0123456789", min_size=1, max_size=8)
+_phrase = st.lists(_word, min_size=1, max_size=3).map(" ".join)
+_HEDGES = (
+    "{gt} or {other}",
+    "{other} or {gt}",
+    "{gt}, {other}",
+    "{other}, {gt} or {more}",
+    "{gt} and {other}",
+    "{gt} {other}",
+    "{other} {gt} {more}",
+    "{gt}/{other}",
+    "no {gt}",
+    "not {gt}",
+    "without {gt}",
+    "{gt} not {other}",
+    "either {gt} or {other}",
+)
+
+
+@settings(deadline=None, max_examples=400)
+@given(_phrase, _phrase, _phrase, st.sampled_from(_HEDGES), st.sampled_from(["open", "closed", None]))
+def test_no_hedged_answer_is_ever_correct(gt, other, more, template, qtype):
+    pred = template.format(gt=gt, other=other, more=more)
+    if normalize_tokens(pred) == normalize_tokens(gt):  # e.g. the gt itself is "x or y"
+        return
+    assert accuracy(pred, gt, qtype) == 0.0
+    text = f"<think>x</think><answer>{pred}</answer>"
+    assert compute_score("d", text, gt, {"question_type": qtype})["acc"] == 0.0
+
+
+@settings(deadline=None, max_examples=200)
+@given(st.sampled_from(sorted(YES_WORDS | NO_WORDS)), st.sampled_from(sorted(YES_WORDS | NO_WORDS)), st.sampled_from(_HEDGES))
+def test_closed_hedges_are_wrong(gt, other, template):
+    pred = template.format(gt=gt, other=other, more="maybe")
+    for truth in ("yes", "no"):
+        assert score_closed(pred, truth) == 0.0
+
+
+@settings(deadline=None, max_examples=200)
+@given(
+    st.integers(0, 10**6),
+    st.integers(0, 10**6),
+    st.sampled_from(["{a}.{b}", "0.{a}", "{a}{b}", "{a} {b}", "-{a}", "{a}.{b} mm", "0.{a} mm"]),
+)
+def test_number_fragments_are_wrong(a, b, template):
+    pred = template.format(a=a, b=b)
+    for gt in (str(a), f"{a} mm"):
+        if normalize_tokens(pred) != normalize_tokens(gt):
+            assert score_open(pred, gt) == 0.0
+
+
+@settings(deadline=None, max_examples=200)
+@given(st.lists(st.sampled_from("ABCDE"), min_size=2, max_size=4, unique=True), st.sampled_from([", ", " or ", " and ", " "]))
+def test_multiple_choice_naming_two_options_is_wrong(letters, sep):
+    options = {k: f"option {k.lower()}" for k in "ABCDE"}
+    pred = sep.join(letters)
+    for gt in letters:
+        assert score_multiple_choice(pred, gt, options) == 0.0

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from decimal import ROUND_HALF_UP, Decimal
 
 from medvr_verl.boxes import intersection_area, iou, union_area
+from medvr_verl.scoring import lenient_accuracy
 
 __all__ = [
     "AVERAGES",
@@ -150,12 +151,26 @@ def image_boxes(tagged: Iterable[Sequence[float]] | None, image_index: int = 0) 
     return [tuple(float(v) for v in b[1:5]) for b in (tagged or []) if int(b[0]) == image_index]
 
 
+def _lenient(record: Mapping) -> float | None:
+    """The lenient (containment) accuracy of one record, for an extra column; None when the record
+    keeps no ``pred``. Multiple choice has no lenient form: its ``acc``."""
+    pred, gt, qt = record.get("pred"), record.get("gt"), record.get("question_type")
+    if pred is None or gt is None:
+        return None
+    if qt == "multiple_choice":
+        return float(record["acc"])
+    gts = gt if isinstance(gt, (list, tuple)) else [gt]
+    qt = qt if qt in ("closed", "open") else None
+    return max((lenient_accuracy(str(pred), str(g), qt) for g in gts if g is not None), default=0.0)
+
+
 def benchmark_metrics(records: Sequence[Mapping]) -> dict:
     """Accuracy, closed/open breakdown, zoom usage and format rate of one benchmark's records.
 
     ``acc`` is the mean over all scored samples (with ``samples_per_prompt = n > 1`` every sample
     counts: the expected accuracy of one sampled answer). ``zoom_rate`` is the share of samples
-    with at least one valid zoom (on any image).
+    with at least one valid zoom (on any image). ``acc_lenient`` is the evaluation-only lenient
+    accuracy (:func:`medvr_verl.scoring.lenient_accuracy`; None when records keep no ``pred``).
     """
     n = len(records)
     by_type: dict[str, dict] = {}
@@ -164,10 +179,13 @@ def benchmark_metrics(records: Sequence[Mapping]) -> dict:
         if sub:
             by_type[qt] = {"n": len(sub), "acc": _mean([float(r["acc"]) for r in sub])}
     zooms = [len(r.get("zoom_boxes") or []) for r in records]
+    lenient = [_lenient(r) for r in records]
     return {
         "n": n,
         "n_prompts": len({r["uid"] for r in records}),
         "acc": _mean([float(r["acc"]) for r in records]),
+        # the older containment rule, an extra column only (the reward and ``acc`` use exact match)
+        "acc_lenient": _mean(lenient) if lenient and all(v is not None for v in lenient) else None,
         "format_rate": _mean([float(r.get("format") or 0.0) for r in records]),
         "zoom_rate": _mean([float(z > 0) for z in zooms]),
         "zooms_per_sample": _mean([float(z) for z in zooms]),
