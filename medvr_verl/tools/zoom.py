@@ -65,6 +65,23 @@ Concurrency
 
 from __future__ import annotations
 
+import sys
+
+if "verl" not in sys.modules:
+    # Import order: ``import verl`` loads this plugin (``verl.plugins`` entry point), whose agent loop
+    # imports this module. Were veRL first imported from here, the plugin would find this module
+    # half-initialized and fail to register ``medvr_agent``. So import veRL with this module out of
+    # ``sys.modules``: the plugin then imports a complete copy, which the importer of this module
+    # receives (importlib returns ``sys.modules[__name__]`` once this body has run); this partial
+    # copy finishes running and is dropped. Without a plugin import, this copy is put back.
+    _self = sys.modules.pop(__name__, None)
+    try:
+        import verl  # noqa: F401
+    finally:
+        if _self is not None:
+            sys.modules.setdefault(__name__, _self)
+        del _self
+
 import asyncio
 import logging
 import math
