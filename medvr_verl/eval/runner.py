@@ -260,17 +260,33 @@ def _start_vllm(config, cleanup: list[Callable[[], None]]):
 
 
 def _stop_servers(manager) -> None:
+    """Kill the replicas' actors and remove their placement groups.
+
+    A standalone replica (``RolloutReplica.init_standalone``) reserves its GPUs (and
+    ``max_colocate_count`` CPUs per GPU) in a placement group of its own; killing the actors leaves
+    that reservation in place, so a second :func:`evaluate` in the same Ray session would wait
+    forever for the GPUs. Removing the group frees them (and kills anything still inside it).
+    """
     import ray
+    from ray.util import remove_placement_group
 
     handles = [getattr(manager, "global_load_balancer", None)]
+    groups = []
     for replica in manager.get_replicas():
         handles += [replica._server_handle, *getattr(replica, "servers", []), *replica.workers]
+        pool = getattr(replica, "resource_pool", None)
+        groups += list(getattr(pool, "pgs", None) or [])
     for handle in handles:
         if handle is not None:
             try:
                 ray.kill(handle)
             except Exception:
                 pass
+    for group in groups:
+        try:
+            remove_placement_group(group)
+        except Exception:
+            logger.warning("evaluate: could not remove placement group %s", group, exc_info=True)
 
 
 def _make_client(client, config, cleanup):
