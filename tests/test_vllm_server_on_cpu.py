@@ -279,7 +279,9 @@ def _server(config, processor=None):
     return server
 
 
-@pytest.mark.parametrize("top_k, user_max, expected", [(20, None, "20"), (5, None, "20"), (64, None, "64"), (64, 100, "100")])
+@pytest.mark.parametrize(
+    "top_k, user_max, expected", [(20, None, "20"), (5, None, "20"), (64, None, "64"), (64, 100, "100")]
+)
 def test_launch_server_passes_max_logprobs_to_vllm(vllm_stub, monkeypatch, top_k, user_max, expected):
     """veRL's own launch_server builds the `vllm serve` command line with --max_logprobs from top_k."""
     from verl.workers.rollout.vllm_rollout import vllm_async_server
