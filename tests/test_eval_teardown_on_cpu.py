@@ -43,3 +43,24 @@ def test_stop_servers_removes_the_replicas_placement_groups():
     again = placement_group([{"CPU": 0.01}], name=name)
     ray.get(again.ready(), timeout=60)
     ray.util.remove_placement_group(again)
+
+
+def test_eval_config_passes_veRLs_standalone_server_checks(tiny_model_path, monkeypatch):
+    """build_eval_config's rollout section is what LLMServerManager.create needs for standalone vLLM."""
+    from vllm_stub import stub_vllm
+
+    from medvr_verl.eval import runner
+
+    monkeypatch.setattr(runner, "_gpu_count", lambda: 2)
+    config = runner.build_eval_config(tiny_model_path, [])
+    with stub_vllm():
+        from verl.workers.rollout.llm_server import LLMServerManager
+
+        manager = LLMServerManager(config=config, worker_group=None, rollout_resource_pool=None)
+        rollout = manager.rollout_config
+        replica = manager.rollout_replica_class(
+            replica_rank=0, config=rollout, model_config=None, gpus_per_node=rollout.n_gpus_per_node
+        )
+        # _initialize_llm_servers: one single-GPU replica per GPU
+        assert rollout.n_gpus_per_node * rollout.nnodes // replica.world_size == 2
+        assert replica.nnodes == 1
