@@ -1,13 +1,20 @@
-"""``python -m medvr_verl.data <dataset> <source> <out.parquet> --split test``: the converter CLI."""
+"""``python -m medvr_verl.data <dataset> <source> <out.parquet> --split test``: the converter CLI.
+
+Every user error (bad option, unreadable source file, unusable output path) is one line on stderr,
+``error: <what> ... <what to do>``, with exit status 2 and nothing written; no traceback unless
+``--debug``. An unexpected internal error is one line too, exit status 1 (``--debug`` for the
+traceback).
+"""
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import textwrap
 
-from medvr_verl.data.readers import LAYOUTS, READERS, LayoutError
-from medvr_verl.data.writer import AUTO, convert
+from medvr_verl.data.readers import LAYOUTS, READERS, LayoutError, SourceFileError
+from medvr_verl.data.writer import AUTO, check_output_path, convert
 
 __all__ = ["build_parser", "main"]
 
@@ -18,6 +25,44 @@ Writes are atomic: the output file appears only when the conversion succeeded.
 
 Source layouts (the public releases as downloaded and unpacked):
 """
+
+
+class UsageError(ValueError):
+    """A user error: printed as one line, exit status 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors (the usage is in ``--help``)."""
+
+    def error(self, message: str):  # noqa: D401 - argparse API
+        raise UsageError(f"{message} (see {self.prog} --help)")
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a positive whole number of pixels, got {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive whole number of pixels, got {text!r}")
+    return value
+
+
+def _read_system_prompt(path: str) -> str:
+    """The text of ``--system-prompt-file``; UsageError naming the file when it cannot be read."""
+    if not path:
+        raise UsageError("--system-prompt-file is empty; give the path of a UTF-8 text file")
+    if os.path.isdir(path):
+        raise UsageError(f"--system-prompt-file {path!r} is a folder; give the path of a UTF-8 text file")
+    if not os.path.exists(path):
+        raise UsageError(f"--system-prompt-file {path!r} does not exist; give the path of a UTF-8 text file")
+    try:
+        with open(path, encoding="utf-8") as fh:
+            return fh.read().strip()
+    except UnicodeDecodeError as exc:
+        raise UsageError(f"--system-prompt-file {path!r} is not UTF-8 text (offset {exc.start}); re-save it as UTF-8") from None
+    except OSError as exc:
+        raise UsageError(f"--system-prompt-file {path!r} cannot be read: {exc.strerror or exc}") from None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -31,7 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
         return text.replace("\u00a0", " ")
 
     layouts = "\n".join(fill(f"{name}: {text}") for name, text in LAYOUTS.items())
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="python -m medvr_verl.data",
         description="Convert a public medical VQA release to veRL parquet (MedVR zoom-in agent format).",
         epilog=_EPILOG_HEAD + layouts,
@@ -58,15 +103,51 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--all-languages", action="store_true", help="SLAKE: keep non-English questions too")
     parser.add_argument(
         "--max-image-pixels",
-        type=int,
+        type=_positive_int,
         default=None,
         help="skip images with more pixels than this (default: Pillow's decompression-bomb limit)",
     )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("--debug", action="store_true", help="show Python tracebacks of errors")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv
+    try:
+        return _main(argv)
+    except UsageError as exc:
+        if debug:
+            raise
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except (LayoutError, SourceFileError, ValueError, TypeError) as exc:
+        if debug:
+            raise
+        lines = str(exc).splitlines() or [type(exc).__name__]
+        # The first line says what is wrong; LayoutError adds the expected layout on its own line.
+        print(f"error: {lines[0]}", file=sys.stderr)
+        for line in lines[1:]:
+            print(f"       {line}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        if debug:
+            raise
+        where = f" ({exc.filename})" if getattr(exc, "filename", None) else ""
+        print(f"error: {exc.strerror or exc}{where}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("error: interrupted; nothing was written", file=sys.stderr)
+        return 130
+    except Exception as exc:  # not a user error: still one line, the traceback behind --debug
+        if debug:
+            raise
+        print(f"error: unexpected {type(exc).__name__}: {exc} (rerun with --debug for a traceback)", file=sys.stderr)
+        return 1
+
+
+def _main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
     kwargs = {}
     if args.all_languages:
@@ -75,26 +156,27 @@ def main(argv: list[str] | None = None) -> int:
         kwargs["max_image_pixels"] = args.max_image_pixels
     agent_name = None if args.no_agent_name else (args.agent_name or AUTO)
     system_prompt = None
-    if args.system_prompt_file:
-        with open(args.system_prompt_file, encoding="utf-8") as fh:
-            system_prompt = fh.read().strip()
+    if args.system_prompt_file is not None:
+        system_prompt = _read_system_prompt(args.system_prompt_file)
+    if args.limit is not None and args.limit < 0:
+        raise UsageError(f"--limit must be >= 0, got {args.limit}")
     try:
-        report = convert(
-            args.dataset,
-            args.source,
-            args.out,
-            split=args.split,
-            limit=args.limit,
-            tool_prompt=not args.no_tool_prompt,
-            embed_images=not args.no_embed_images,
-            agent_name=agent_name,
-            system_prompt=system_prompt,
-            progress=not args.no_progress,
-            verbose=False,
-            **kwargs,
-        )
-    except (LayoutError, ValueError, TypeError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+        check_output_path(args.out)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    report = convert(
+        args.dataset,
+        args.source,
+        args.out,
+        split=args.split,
+        limit=args.limit,
+        tool_prompt=not args.no_tool_prompt,
+        embed_images=not args.no_embed_images,
+        agent_name=agent_name,
+        system_prompt=system_prompt,
+        progress=not args.no_progress,
+        verbose=False,
+        **kwargs,
+    )
     print(report.summary())
     return 0

@@ -70,6 +70,7 @@ __all__ = [
     "LAYOUTS",
     "LayoutError",
     "READERS",
+    "SourceFileError",
     "read_medxpertqa_mm",
     "read_omnimedvqa",
     "read_path_vqa",
@@ -114,6 +115,23 @@ class LayoutError(FileNotFoundError):
     def __init__(self, dataset: str, root: object, problem: str):
         self.dataset = dataset
         super().__init__(f"{dataset}: {problem} (source: {root}).\nExpected layout: {LAYOUTS.get(dataset, '?')}")
+
+
+class SourceFileError(ValueError):
+    """A file of the release cannot be read (not UTF-8 text, a corrupt parquet shard, ...).
+
+    The message names the file and says what to do; the converter CLI prints it as one line.
+    """
+
+    def __init__(self, path: object, problem: str):
+        self.path = str(path)
+        super().__init__(f"cannot read {self.path}: {problem}")
+
+
+def _not_utf8(path: object, exc: UnicodeDecodeError) -> SourceFileError:
+    return SourceFileError(
+        path, f"not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at offset {exc.start}); re-save it as UTF-8"
+    )
 
 
 # --------------------------------------------------------------------------------------------------
@@ -188,8 +206,10 @@ def _load_json(path: Path, dataset: str, root: Path) -> Any:
     try:
         with open(path, encoding="utf-8") as fh:
             return json.load(fh)
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise LayoutError(dataset, root, f"cannot read {path.name}: {exc}") from exc
+    except UnicodeDecodeError as exc:
+        raise _not_utf8(path, exc) from None
+    except (OSError, json.JSONDecodeError) as exc:
+        raise LayoutError(dataset, root, f"cannot read {path}: {exc}") from exc
 
 
 def _records_list(data: Any, path: Path, dataset: str, root: Path) -> list:
@@ -265,13 +285,22 @@ def _hf_dataset_rows(ds: Any, dataset: str) -> Iterator[dict]:
 
 
 def _parquet_rows(files: list[str]) -> Iterator[dict]:
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
     for path in files:
-        pf = pq.ParquetFile(path)
-        columns = [c for c in ("image", "question", "answer") if c in pf.schema_arrow.names]
-        for batch in pf.iter_batches(batch_size=64, columns=columns):
-            yield from batch.to_pylist()
+        try:
+            pf = pq.ParquetFile(path)
+            columns = [c for c in ("image", "question", "answer") if c in pf.schema_arrow.names]
+            batches = pf.iter_batches(batch_size=64, columns=columns)
+            while True:
+                try:
+                    batch = next(batches)
+                except StopIteration:
+                    break
+                yield from batch.to_pylist()
+        except (pa.ArrowException, OSError) as exc:
+            raise SourceFileError(path, f"not a readable parquet file ({exc}); download the shard again") from None
 
 
 def _hf_image_ref(value: Any, fallback_name: str) -> ImageRef | None:
@@ -610,13 +639,26 @@ def read_pmc_vqa(source: object, split: str = "test", *, report: ConversionRepor
     if not image_dirs:
         raise LayoutError("pmc_vqa", root, "missing image folder 'images/' (or 'figures/')")
     image_dirs.append(root)
-    with open(csv_path, encoding="utf-8-sig", newline="") as fh:
-        header = next(csv.reader(fh), [])
+    try:
+        with open(csv_path, encoding="utf-8-sig", newline="") as fh:
+            header = next(csv.reader(fh), [])
+    except UnicodeDecodeError as exc:
+        raise _not_utf8(csv_path, exc) from None
+    except csv.Error as exc:
+        raise SourceFileError(csv_path, f"not a readable CSV file ({exc})") from None
     missing = [c for c in _PMC_COLUMNS if c not in header]
     if missing:
         raise LayoutError("pmc_vqa", root, f"{csv_path.name} lacks columns {missing} (has {header})")
 
     def generate() -> Iterator[Record]:
+        try:
+            yield from rows()
+        except UnicodeDecodeError as exc:
+            raise _not_utf8(csv_path, exc) from None
+        except csv.Error as exc:
+            raise SourceFileError(csv_path, f"not a readable CSV file ({exc})") from None
+
+    def rows() -> Iterator[Record]:
         with open(csv_path, encoding="utf-8-sig", newline="") as fh:
             for i, row in enumerate(csv.DictReader(fh)):
                 source_id = _text(row, "index") or _text(row, "") or str(i)
@@ -758,6 +800,12 @@ def read_medxpertqa_mm(
         raise LayoutError("medxpertqa_mm", root, "missing folder 'images/' (unpack images.zip at the root)")
 
     def generate() -> Iterator[Record]:
+        try:
+            yield from lines()
+        except UnicodeDecodeError as exc:
+            raise _not_utf8(jsonl, exc) from None
+
+    def lines() -> Iterator[Record]:
         with open(jsonl, encoding="utf-8") as fh:
             for lineno, line in enumerate(fh, 1):
                 if not line.strip():

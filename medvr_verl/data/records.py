@@ -17,6 +17,7 @@ __all__ = [
     "SKIP_AMBIGUOUS_ANSWER",
     "SKIP_ANSWER_NOT_IN_OPTIONS",
     "SKIP_DUPLICATE",
+    "SKIP_EMPTY_IMAGE",
     "SKIP_IMAGE_TOO_LARGE",
     "SKIP_MISSING_IMAGE",
     "SKIP_NON_ENGLISH",
@@ -45,6 +46,7 @@ SKIP_MISSING_IMAGE = "missing image file"
 SKIP_UNREADABLE_IMAGE = "unreadable image"
 SKIP_IMAGE_TOO_LARGE = "image too large (decompression-bomb guard)"
 SKIP_NO_IMAGE = "no image"
+SKIP_EMPTY_IMAGE = "empty image (zero width or height)"
 SKIP_NON_ENGLISH = "non-English question"
 SKIP_UNKNOWN_ANSWER_LABEL = "unknown answer label"
 SKIP_ANSWER_NOT_IN_OPTIONS = "answer matches no option"

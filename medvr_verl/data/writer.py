@@ -59,6 +59,7 @@ from medvr_verl.data.prompts import build_messages, default_system_prompt
 from medvr_verl.data.readers import READERS
 from medvr_verl.data.records import (
     OPTION_LETTERS,
+    SKIP_EMPTY_IMAGE,
     SKIP_IMAGE_TOO_LARGE,
     SKIP_MISSING_IMAGE,
     SKIP_NO_IMAGE,
@@ -68,7 +69,13 @@ from medvr_verl.data.records import (
     Record,
     split_role,
 )
-from medvr_verl.tools.image_io import USE_PIL_LIMIT, ImageTooLargeError, load_medical_image
+from medvr_verl.tools.image_io import (
+    USE_PIL_LIMIT,
+    EmptyImageError,
+    ImageTooLargeError,
+    load_medical_image,
+    resolve_pixel_limit,
+)
 
 __all__ = [
     "AUTO",
@@ -257,6 +264,8 @@ def _decode(source: Any, max_image_pixels: Any):
         return load_medical_image(source, max_image_pixels=max_image_pixels)
     except ImageTooLargeError as exc:
         raise _ImageSkip(SKIP_IMAGE_TOO_LARGE) from exc
+    except EmptyImageError as exc:
+        raise _ImageSkip(SKIP_EMPTY_IMAGE) from exc
     except FileNotFoundError as exc:
         raise _ImageSkip(SKIP_MISSING_IMAGE) from exc
     except Exception as exc:  # Pillow raises many types for corrupt/truncated/unknown files
@@ -339,6 +348,32 @@ def _progress(iterable: Iterable, enabled: bool, desc: str) -> Iterable:
     return tqdm(iterable, desc=desc, unit=" q", file=sys.stderr)
 
 
+def check_output_path(out_path: str | os.PathLike) -> str:
+    """The absolute output path, or ValueError with one line saying what is wrong with it.
+
+    Refused: an empty path, an existing folder, a path below a file, a folder that cannot be
+    created or written. Nothing is created here.
+    """
+    raw = os.fspath(out_path) if out_path is not None else ""
+    if not isinstance(raw, str) or not raw.strip():
+        raise ValueError("the output path is empty; give a .parquet file path")
+    path = os.path.abspath(raw)
+    if os.path.isdir(path) or raw.endswith(("/", os.sep)):
+        raise ValueError(f"the output {raw!r} is a folder; give a file path such as {os.path.join(raw, 'out.parquet')!r}")
+    parent = os.path.dirname(path)
+    probe = parent
+    while not os.path.exists(probe):
+        up = os.path.dirname(probe)
+        if up == probe:
+            break
+        probe = up
+    if os.path.exists(probe) and not os.path.isdir(probe):
+        raise ValueError(f"cannot write {raw!r}: {probe!r} is a file, not a folder; choose another output path")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise ValueError(f"cannot write {raw!r}: no permission to write in {probe!r}; choose a writable folder")
+    return path
+
+
 def write_records(
     records: Iterable[Record],
     out_path: str | os.PathLike,
@@ -366,15 +401,19 @@ def write_records(
         agent_name = DEFAULT_AGENT_NAME if tool_prompt else None
     if system_prompt is None:
         system_prompt = default_system_prompt(tool_prompt)
-    out_path = os.path.abspath(os.fspath(out_path))
+    resolve_pixel_limit(max_image_pixels)  # ValueError for a bad limit, before anything is read
+    out_path = check_output_path(out_path)
     report.out_path = out_path
     out_dir = os.path.dirname(out_path)
-    os.makedirs(out_dir, exist_ok=True)
     schema = row_schema(embed_images=embed_images, with_agent_name=agent_name is not None)
     loader = _ImageLoader(embed=embed_images, max_image_pixels=max_image_pixels, report=report)
     start = time.monotonic()
 
-    fd, tmp_path = tempfile.mkstemp(dir=out_dir, prefix=f".{os.path.basename(out_path)}.", suffix=".tmp")
+    try:
+        os.makedirs(out_dir, exist_ok=True)
+        fd, tmp_path = tempfile.mkstemp(dir=out_dir, prefix=f".{os.path.basename(out_path)}.", suffix=".tmp")
+    except OSError as exc:
+        raise ValueError(f"cannot write {out_path!r}: {exc.strerror or exc}; choose a writable output path") from None
     os.close(fd)
     writer = None
     try:

@@ -32,6 +32,7 @@ from PIL import Image
 
 __all__ = [
     "USE_PIL_LIMIT",
+    "EmptyImageError",
     "ImageTooLargeError",
     "OriginalImages",
     "check_pixel_budget",
@@ -58,6 +59,10 @@ _LOAD_LOCK = threading.Lock()
 
 class ImageTooLargeError(ValueError):
     """The image has more pixels than the configured limit (decompression-bomb guard)."""
+
+
+class EmptyImageError(ValueError):
+    """The image has zero width or height: nothing to show the model or to zoom into."""
 
 
 class _UsePilLimit:
@@ -88,12 +93,15 @@ def resolve_pixel_limit(max_image_pixels: Any = USE_PIL_LIMIT) -> int | None:
 
 
 def check_pixel_budget(size: tuple[int, int], max_image_pixels: Any = USE_PIL_LIMIT) -> None:
-    """Raise :class:`ImageTooLargeError` when ``width * height`` exceeds the limit.
+    """Raise :class:`ImageTooLargeError` when ``width * height`` exceeds the limit, and
+    :class:`EmptyImageError` when the width or the height is zero.
 
     Only the size is looked at, so for a lazily opened file this runs before any pixel is decoded.
     """
     limit = resolve_pixel_limit(max_image_pixels)
     width, height = int(size[0]), int(size[1])
+    if width < 1 or height < 1:
+        raise EmptyImageError(f"image of {width}x{height} pixels is empty (zero width or height)")
     if limit is not None and width * height > limit:
         raise ImageTooLargeError(
             f"image of {width}x{height} = {width * height} pixels exceeds the limit of {limit} pixels"

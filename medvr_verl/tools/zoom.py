@@ -97,6 +97,7 @@ from verl.utils.rollout_trace import rollout_trace_op
 from medvr_verl.boxes import BoxError, parse_bbox, scale_box
 from medvr_verl.tools.image_io import (
     USE_PIL_LIMIT,
+    EmptyImageError,
     ImageTooLargeError,
     check_pixel_budget,
     ensure_loaded,
@@ -159,8 +160,18 @@ def model_input_size(
     Qwen2.5-VL's image processors call with ``factor = patch_size * merge_size``,
     ``min_pixels = size["shortest_edge"]``, ``max_pixels = size["longest_edge"]``. Note the argument
     order: this takes and returns (width, height); smart_resize takes and returns (height, width).
-    Raises ``ValueError`` when the aspect ratio exceeds 200, like smart_resize.
+    Raises ``ValueError`` when the aspect ratio exceeds 200, like smart_resize, and for an empty
+    (zero width or height) or non-finite size.
     """
+    if not (
+        isinstance(width, (int, float))
+        and isinstance(height, (int, float))
+        and math.isfinite(width)
+        and math.isfinite(height)
+        and width >= 1
+        and height >= 1
+    ):
+        raise ValueError(f"the image is empty or has no usable size ({width}x{height} pixels); it cannot be shown or zoomed")
     if max(height, width) / min(height, width) > MAX_ASPECT_RATIO:
         raise ValueError(
             f"absolute aspect ratio must be smaller than {MAX_ASPECT_RATIO}, "
@@ -467,8 +478,11 @@ class ZoomInTool(BaseTool):
         record["image_size"] = [int(width), int(height)]
         try:
             check_pixel_budget((width, height), self.max_image_pixels)
+            check_pixel_budget((seen_w, seen_h), None)  # the copy the model sees must not be empty either
         except ImageTooLargeError as exc:
             raise _ToolError(f"image {index} is too large to zoom into: {exc}.") from None
+        except EmptyImageError as exc:
+            raise _ToolError(f"image {index} cannot be zoomed into: {exc}.") from None
         try:
             model_w, model_h = self.model_size(seen_w, seen_h)
         except (ValueError, ZeroDivisionError) as exc:
