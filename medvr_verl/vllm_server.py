@@ -112,7 +112,9 @@ def max_logprobs_for(top_k: int, configured=None) -> int:
 
 def check_entropy_settings(rollout_config, top_k: int) -> None:
     """Refuse a ``logprobs_mode`` that returns logits; warn when the entropy is not the policy's."""
-    mode = str(_get(rollout_config, "logprobs_mode", "processed_logprobs"))
+    mode = _get(rollout_config, "logprobs_mode", "processed_logprobs")
+    # null: veRL leaves --logprobs-mode out of the command line and vLLM uses its default
+    mode = "raw_logprobs" if mode is None else str(mode)
     if mode not in ENTROPY_LOGPROBS_MODES:
         raise ValueError(
             f"rollout.logprobs_mode={mode!r} returns logits, not logprobs, so {ROLLOUT_NAME} cannot take "

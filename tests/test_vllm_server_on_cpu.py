@@ -241,6 +241,7 @@ def test_top_k_config_and_refusals():
 def test_logprobs_mode_logits_is_refused_and_sampling_changes_warn(caplog):
     with pytest.raises(ValueError, match="returns logits"):
         check_entropy_settings({"logprobs_mode": "processed_logits"}, 20)
+    check_entropy_settings({"logprobs_mode": None, "temperature": 0.5}, 20)  # vLLM's raw_logprobs: no warning
     with caplog.at_level("WARNING", logger="medvr_verl.vllm_server"):
         check_entropy_settings({"logprobs_mode": "processed_logprobs", "temperature": 1.0, "top_p": 1.0}, 20)
         assert not caplog.records
