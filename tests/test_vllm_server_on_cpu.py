@@ -411,3 +411,33 @@ def test_stub_is_gone_after_the_block():
     assert "vllm" not in sys.modules
     assert importlib.util.find_spec("vllm") is None
     assert isinstance(FlatLogprobs(), FlatLogprobs) and Logprob(0.0).rank is None
+
+
+def test_stub_logprobs_match_vllms_own_module():
+    """With ``MEDVR_VLLM_SOURCE`` = an unpacked vLLM 0.24.0 wheel's ``vllm/`` folder: the stand-in's
+    logprob layout equals what vLLM's own ``vllm/logprobs.py`` builds (it imports no torch), and the
+    server's helpers read vLLM's real ``FlatLogprobs``. (``pip download --no-deps vllm==0.24.0``.)"""
+    import importlib.util
+    import os
+
+    source = os.environ.get("MEDVR_VLLM_SOURCE")
+    if not source or not os.path.isfile(os.path.join(source, "logprobs.py")):
+        pytest.skip("set MEDVR_VLLM_SOURCE to an unpacked vllm/ folder of vLLM 0.24.0")
+    spec = importlib.util.spec_from_file_location("_vllm_logprobs", os.path.join(source, "logprobs.py"))
+    real = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(real)
+    k = 5
+    dists, sampled = _case(2, k)
+    rows = _vllm_rows(dists, sampled, k + 3)
+    for flat in (False, True):
+        theirs = real.create_sample_logprobs(flat)
+        for tokens, logprobs, rank in rows:
+            real.append_logprobs_for_next_position(theirs, tokens, logprobs, [None] * len(tokens), rank, k)
+        mine = vllm_sample_logprobs(rows, k, flat=flat)
+        assert [{t: (v.logprob, v.rank) for t, v in p.items()} for p in mine] == [
+            {t: (v.logprob, v.rank) for t, v in p.items()} for p in theirs
+        ]
+        assert position_entropies(theirs, k) == position_entropies(mine, k)
+        slim = sampled_token_logprobs(theirs, sampled)
+        assert type(slim) is type(theirs)
+        assert [p[t].logprob for p, t in zip(slim, sampled)] == [d[t] for d, t in zip(dists, sampled)]
