@@ -49,9 +49,11 @@ def gpu_ray():
 
     if ray.is_initialized() and ray.cluster_resources().get("CPU", 0) < ray_cpus():
         shutdown_ray()
+    started = not ray.is_initialized()
     ensure_ray(num_cpus=ray_cpus())
     yield
-    shutdown_ray()
+    if started:
+        shutdown_ray()
 
 
 def test_medvr_vllm_entropy_matches_full_vocabulary(tiny_model_path, gpu_ray):
