@@ -11,6 +11,16 @@ union at full resolution (bool masks of 4096x4096, uint8 counts) with the same s
 few groups. Both must give identical rewards. Prints per-group milliseconds (median), the speedup
 and PASS/FAIL against the targets: >= 100x faster than the raster and < 1 ms per group. Exit
 status 1 on FAIL. Total runtime is a few seconds (well under 30 s on 2 cores).
+
+Worst cases (issue 10), same run: hostile groups of 8 where some trajectories carry 1,000 boxes.
+Today's dense compressed grid (still in the code for small groups, forced here as the baseline)
+against the sweep the code now switches to: wall time and peak traced memory (``tracemalloc``,
+which sees numpy's buffers), with identical rewards. The baseline runs on two trajectories of
+``--baseline-boxes`` boxes (default 400: ~0.3 GB; ``--baseline-boxes 1000`` is the issue's case,
+~3 GB); four and eight such trajectories (the dense grid ran out of memory) run on the sweep only.
+The reward path (records -> capped boxes -> ``group_rewards``) is timed on 16 trajectories of
+1,000 records each. Targets: sweep peak < 64 MB and >= 20x less memory than the baseline, no
+slower than the baseline, every worst case < 5 s, the reward path < 1 s per group.
 """
 
 from __future__ import annotations
@@ -25,12 +35,19 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout, uninstalled
 
-from medvr_verl.consensus import tool_rewards
+import medvr_verl.boxes as boxes_module
+from medvr_verl.composite import MemberOutcome, group_rewards
+from medvr_verl.consensus import consensus_credit, tool_rewards
+from medvr_verl.tool_calls import trajectory_boxes
 
 SIZE = 4096  # image side, pixels
 GROUP = 16  # trajectories per group (rollout.n)
 TARGET_SPEEDUP = 100.0
 TARGET_MS = 1.0
+WORST_PEAK_MB = 64.0
+WORST_MEMORY_RATIO = 20.0
+WORST_SECONDS = 5.0
+REWARD_PATH_SECONDS = 1.0
 
 
 def make_group(
@@ -108,11 +125,82 @@ def _median_ms(fn, groups) -> tuple[float, list]:
     return statistics.median(times) * 1e3, results
 
 
+def hostile_group(rng: np.random.Generator, big: int, boxes: int, size: int = 8):
+    """A group of ``size`` where ``big`` trajectories carry ``boxes`` random boxes, the rest 3."""
+    group = []
+    for j in range(size):
+        k = boxes if j < big else 3
+        xy = rng.integers(0, SIZE - 300, size=(k, 2))
+        wh = rng.integers(1, 300, size=(k, 2))
+        group.append([(int(x), int(y), int(x + w), int(y + h)) for (x, y), (w, h) in zip(xy, wh)])
+    return group, [True] * size
+
+
+def _measure(fn, *args):
+    """(seconds, peak traced MB, result) of one call."""
+    import tracemalloc
+
+    tracemalloc.start()
+    start = time.perf_counter()
+    result = fn(*args)
+    seconds = time.perf_counter() - start
+    peak = tracemalloc.get_traced_memory()[1] / 2**20
+    tracemalloc.stop()
+    return seconds, peak, result
+
+
+def _dense(fn, *args):
+    """``fn`` on today's dense grid whatever the size (the baseline)."""
+    old = boxes_module.DENSE_MAX_CELLS
+    boxes_module.DENSE_MAX_CELLS = 1 << 62
+    try:
+        return fn(*args)
+    finally:
+        boxes_module.DENSE_MAX_CELLS = old
+
+
+def worst_cases(seed: int, baseline_boxes: int) -> dict[str, bool]:
+    rng = np.random.default_rng(seed)
+    checks: dict[str, bool] = {}
+    print("\nworst cases: groups of 8, some trajectories with many boxes (issue 10)")
+    group, correct = hostile_group(rng, 2, baseline_boxes)
+    new_s, new_mb, new = _measure(consensus_credit, group, correct)
+    old_s, old_mb, old = _measure(_dense, consensus_credit, group, correct)
+    print(f"  2 x {baseline_boxes} boxes: sweep {new_s:7.3f} s {new_mb:8.1f} MB | dense baseline {old_s:7.3f} s "
+          f"{old_mb:8.1f} MB | memory ratio {old_mb / max(new_mb, 1e-3):.0f}x, time ratio {old_s / new_s:.1f}x")
+    checks["sweep equals the dense baseline (rewards, IoUs, consensus)"] = new == old
+    checks[f"memory >= {WORST_MEMORY_RATIO:.0f}x below the baseline"] = old_mb >= WORST_MEMORY_RATIO * new_mb
+    checks["no slower than the baseline"] = new_s <= old_s
+    for big in (2, 4, 8):
+        group, correct = hostile_group(rng, big, 1000)
+        secs, mb, _ = _measure(consensus_credit, group, correct)
+        print(f"  {big} x 1000 boxes: sweep {secs:7.3f} s {mb:8.1f} MB ({big * 1000 + (8 - big) * 3} boxes)")
+        checks[f"{big} x 1000 boxes: < {WORST_SECONDS:g} s and < {WORST_PEAK_MB:g} MB"] = (
+            secs < WORST_SECONDS and mb < WORST_PEAK_MB
+        )
+    # The reward path: 1,000 records per trajectory, capped per trajectory, 16 trajectories.
+    members = []
+    for _ in range(16):
+        group, _ = hostile_group(rng, 1, 1000, size=1)
+        records = [{"valid": True, "root_image_index": 0, "bbox_root": list(b)} for b in group[0]]
+        boxes, invalid, _ = trajectory_boxes({"medvr_zoom_calls": records}, "")
+        members.append(MemberOutcome(1.0, 1.0, boxes))
+    secs, mb, result = _measure(group_rewards, members, "consensus")
+    print(f"  reward path, 16 x 1000 records (capped to {len(members[0].boxes)} boxes, {invalid} counted invalid): "
+          f"{secs:7.3f} s {mb:8.1f} MB")
+    checks[f"reward path < {REWARD_PATH_SECONDS:g} s per group"] = secs < REWARD_PATH_SECONDS
+    return checks
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--groups", type=int, default=2000, help="groups timed on the fast path")
     parser.add_argument("--raster-groups", type=int, default=12, help="groups timed on the raster")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--baseline-boxes", type=int, default=400, help="boxes per big trajectory in the dense baseline (1000: ~3 GB)"
+    )
+    parser.add_argument("--no-worst-cases", action="store_true", help="skip the worst-case section")
     args = parser.parse_args(argv)
 
     rng = np.random.default_rng(args.seed)
@@ -138,6 +226,8 @@ def main(argv: list[str] | None = None) -> int:
         f"< {TARGET_MS:g} ms per group": fast_ms < TARGET_MS,
         "identical rewards": identical,
     }
+    if not args.no_worst_cases:
+        checks.update(worst_cases(args.seed, args.baseline_boxes))
     for name, ok in checks.items():
         print(f"{'PASS' if ok else 'FAIL'}: {name}")
     return 0 if all(checks.values()) else 1

@@ -19,6 +19,12 @@ trajectory and per cell is one batched product of 0/1 row and column spans
 (:func:`medvr_verl.boxes.group_cover`); areas are cell widths times heights. For
 integer boxes every area is an exact integer in float64 (below 2**53), so rewards equal those of a
 full pixel raster bit for bit.
+
+Bounded cost: when ``|T+| x cells`` would exceed :data:`medvr_verl.boxes.DENSE_MAX_CELLS` (many
+boxes), the same exact areas and consensus rectangles come from a sweep over x
+(:func:`medvr_verl.boxes.sweep_cover`), whose memory is linear in the number of boxes. The reward
+path also caps boxes per trajectory (:data:`medvr_verl.tool_calls.MAX_BOXES_PER_TRAJECTORY`,
+the excess counted as invalid zooms), so a group's cost is bounded whatever a rollout holds.
 """
 
 from __future__ import annotations
@@ -29,7 +35,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from medvr_verl.boxes import Box, cell_areas, grid_edges, group_cover
+from medvr_verl.boxes import Box, cell_areas, grid_edges, group_cover, sweep_cover, use_dense
 
 __all__ = [
     "CCAResult",
@@ -184,7 +190,10 @@ def consensus_region(unions: Sequence[Sequence[Sequence[float]]]) -> list[Box]:
     keep = (arr[:, 2] > arr[:, 0]) & (arr[:, 3] > arr[:, 1])
     if not keep.any():
         return []
-    _, consensus, _, xs, ys, shape = _majority(arr[keep], traj[keep], len(unions))
+    arr, traj, q = arr[keep], traj[keep], len(unions)
+    if not use_dense(q, *grid_edges(arr)):
+        return sweep_cover(arr, traj, q, q // 2 + 1, region=True)[3]
+    _, consensus, _, xs, ys, shape = _majority(arr, traj, q)
     return _rectangles(consensus.reshape(shape), xs, ys)
 
 
@@ -236,7 +245,14 @@ def _credit(
     images = [int(img[0])] if img.min() == img.max() else np.unique(img).tolist()
     for image in images:
         on_image = img == image
-        cover, cons, area, xs, ys, shape = _majority(arr[on_image], grp[on_image], q)
+        sub_arr, sub_grp = arr[on_image], grp[on_image]
+        if not use_dense(q, *grid_edges(sub_arr)):
+            own, both, cons_area, rects = sweep_cover(sub_arr, sub_grp, q, q // 2 + 1, region=region)
+            inter += both
+            union += own + cons_area - both
+            consensus.extend((image, b) for b in rects)
+            continue
+        cover, cons, area, xs, ys, shape = _majority(sub_arr, sub_grp, q)
         # |M_j| and |M_j ∩ C| in one product; |M_j ∪ C| = |M_j| + |C| - |M_j ∩ C|. Areas of
         # integer boxes are integers, which float64 sums exactly in any order (below 2**53).
         weights = np.stack((area, np.where(cons, area, 0.0)), axis=1)

@@ -392,3 +392,103 @@ def test_malformed_boxes(boxes):
 def test_malformed_tagged_boxes(tagged):
     with pytest.raises(ValueError):
         consensus_credit_by_image(tagged, [True])
+
+
+# ----------------------------------------------------------------------------------------------
+# Bounded cost (issue 10): the sweep used for many boxes equals the dense grid and the raster
+# ----------------------------------------------------------------------------------------------
+
+import contextlib  # noqa: E402
+
+import medvr_verl.boxes as boxes_module  # noqa: E402
+from medvr_verl.boxes import intersection_area, iou, sweep_cover  # noqa: E402
+
+
+@contextlib.contextmanager
+def _sweep_only():
+    """Route every exact-area computation through the sweep (as for a huge group)."""
+    old = boxes_module.DENSE_MAX_CELLS
+    boxes_module.DENSE_MAX_CELLS = -1
+    try:
+        yield
+    finally:
+        boxes_module.DENSE_MAX_CELLS = old
+
+
+@settings(deadline=None, max_examples=250)
+@given(groups(), etas)
+def test_sweep_cca_matches_raster_and_dense(group, eta):
+    boxes, correct = group
+    rewards, ious, q, consensus = raster_cca(boxes, correct, eta)
+    dense = consensus_credit(boxes, correct, eta)
+    with _sweep_only():
+        result = consensus_credit(boxes, correct, eta)
+        assert tool_rewards(boxes, correct, eta) == rewards
+    assert result.rewards == rewards and result.ious == ious and result.quorum_size == q
+    assert result == dense  # same rectangles in the same order, bit-identical IoUs
+    region = [tuple(int(v) for v in b) for b in result.consensus]
+    np.testing.assert_array_equal(raster(region), consensus)
+
+
+@settings(deadline=None, max_examples=150)
+@given(
+    st.lists(st.lists(st.tuples(st.integers(0, 2), st.one_of(int_box, near_box)), max_size=5), min_size=1, max_size=7),
+    st.data(),
+)
+def test_sweep_by_image_and_region_equal_dense(tagged, data):
+    correct = data.draw(st.lists(st.booleans(), min_size=len(tagged), max_size=len(tagged)))
+    dense = consensus_credit_by_image(tagged, correct)
+    unions = [[b for _, b in t] for t in tagged]
+    dense_region = consensus_region(unions)
+    with _sweep_only():
+        assert consensus_credit_by_image(tagged, correct) == dense
+        assert consensus_region(unions) == dense_region
+
+
+@settings(deadline=None, max_examples=150)
+@given(st.lists(int_box, max_size=6), st.lists(int_box, max_size=6))
+def test_sweep_union_intersection_iou_equal_dense(a, b):
+    expected = (union_area(a), intersection_area(a, b), iou(a, b))
+    with _sweep_only():
+        assert (union_area(a), intersection_area(a, b), iou(a, b)) == expected
+    assert expected[0] == raster(a).sum()
+
+
+@settings(deadline=None, max_examples=100)
+@given(
+    st.lists(
+        st.tuples(st.floats(0, 100), st.floats(0, 100), st.floats(0, 100), st.floats(0, 100)).map(
+            lambda b: (min(b[0], b[2]), min(b[1], b[3]), max(b[0], b[2]), max(b[1], b[3]))
+        ),
+        max_size=6,
+    ),
+    st.integers(1, 3),
+)
+def test_sweep_float_boxes_close_to_dense(arr_boxes, threshold):
+    boxes = [b for b in arr_boxes if b[2] > b[0] and b[3] > b[1]]
+    if not boxes:
+        return
+    arr = np.asarray(boxes)
+    groups_ = np.arange(len(boxes)) % 3
+    own, inter, area, _ = sweep_cover(arr, groups_, 3, threshold)
+    for g in range(3):
+        assert own[g] == pytest.approx(union_area([b for b, k in zip(boxes, groups_) if k == g]), rel=1e-9, abs=1e-9)
+
+
+def test_many_boxes_stay_cheap():
+    """Thousands of boxes per trajectory (a hostile rollout): exact, and without the dense grid's
+    quadratic memory (the dense grid of this group would be 8 x 4000 x 4000 cells)."""
+    import tracemalloc
+
+    rng = np.random.default_rng(0)
+    group = []
+    for _ in range(8):
+        xy = rng.integers(0, 4000, size=(1000, 2))
+        wh = rng.integers(1, 300, size=(1000, 2))
+        group.append([(int(x), int(y), int(x + w), int(y + h)) for (x, y), (w, h) in zip(xy, wh)])
+    tracemalloc.start()
+    result = consensus_credit(group, [True] * 8)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert peak < 64 << 20, peak
+    assert result.quorum_size == 8 and all(0.0 <= v <= 1.0 for v in result.ious)
