@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import importlib
+import os
 
 __version__ = "0.1.0"
 
@@ -27,6 +28,8 @@ def register() -> None:
     global _registered
     if _registered:
         return
+    if os.environ.get("VERL_PLATFORM", "").strip().lower() == "cpu":  # CPU backend, only when asked for
+        importlib.import_module("medvr_verl.cpu").activate()
     for name in _GLUE_MODULES:
         importlib.import_module(name)
     _registered = True

@@ -1,0 +1,77 @@
+"""The CPU backend: veRL's trainer (``python -m verl.trainer.main_ppo``) end to end on a CPU.
+
+Asked for with ``VERL_PLATFORM=cpu`` (veRL's own platform override variable; the CPU overlay config
+``+backend=cpu`` also sets it for every Ray worker). :func:`medvr_verl.register` calls
+:func:`activate` only then, so a GPU run never loads any of this. What it supplies:
+
+* :mod:`medvr_verl.cpu.platform`: veRL platform ``cpu`` (veRL 0.9.1 knows nvidia/huawei/amd only).
+* :mod:`medvr_verl.cpu.fixes`: the narrow fixes below.
+* :mod:`medvr_verl.cpu.rollout` + :mod:`medvr_verl.cpu.server`: rollout ``medvr_cpu`` (veRL's
+  rollout servers are vllm/sglang/trtllm only), fed by veRL's weight sync every step, with
+  policies ``sampled`` and ``scripted`` (:mod:`medvr_verl.cpu.script`).
+* ``recipes/medvr/backend/cpu.yaml``: the config overlay (``+backend=cpu``) and
+  :mod:`medvr_verl.cpu.tiny_run`: the tiny-model run shared by the demo, the CPU test and the GPU
+  smoke run.
+
+veRL names touched that are not public API -- the only ones in this package
+(paths under site-packages/verl, veRL 0.9.1):
+
+=============================================================  ==========================================
+veRL name                                                       why
+=============================================================  ==========================================
+``utils/distributed.py:89`` ``initialize_global_process_group   builds ``cpu:gloo,{device}:{backend}`` =
+_ray`` (also bound by name in ``workers/engine_workers.py:38``)  ``cpu:gloo,cpu:gloo`` on CPU, refused by
+                                                                torch; wrapped to pass its own public
+                                                                ``backend="gloo"`` argument
+                                                                (:func:`fixes.fix_process_group_backend`)
+``workers/engine/fsdp/transformer_impl.py:462``                 the reference model gets
+``CPUOffloadPolicy(pin_memory=True)`` (module global            ``CPUOffloadPolicy(pin_memory=True)``;
+``CPUOffloadPolicy``, imported at line 43)                      pinning needs a driver; the module's name
+                                                                is rebound to the same policy with
+                                                                ``pin_memory=False``
+                                                                (:func:`fixes.unpin_reference_offload`)
+``workers/engine/base.py:349`` ``EngineRegistry._engines``      read only, to keep the CPU registration
+                                                                idempotent; the registration itself is
+                                                                the public ``EngineRegistry.register``
+                                                                (FSDP engines are registered for
+                                                                cuda/npu only at
+                                                                ``transformer_impl.py:1143,1594``)
+``workers/rollout/base.py:83`` ``_ROLLOUT_REGISTRY``            the training worker's rollout adapter is
+                                                                looked up there by ``(name, "async")``;
+                                                                no public registration exists
+                                                                (:func:`rollout.register_rollout`)
+=============================================================  ==========================================
+
+Public seams used: ``PlatformRegistry.register`` / ``VERL_PLATFORM`` (``verl/plugin/platform``),
+``EngineRegistry.register``, ``RolloutReplicaRegistry.register``, ``RolloutReplica`` /
+``BaseRollout`` subclasses, the ``verl.plugins`` entry point, Hydra config overrides.
+"""
+
+from __future__ import annotations
+
+import os
+
+_activated = False
+
+
+def requested() -> bool:
+    """True when this process was started for the CPU backend (``VERL_PLATFORM=cpu``)."""
+    return os.environ.get("VERL_PLATFORM", "").strip().lower() == "cpu"
+
+
+def activate() -> None:
+    """Register the CPU platform, apply the fixes and register rollout ``medvr_cpu``. Idempotent.
+
+    Must run before veRL resolves its platform (``get_platform()``), i.e. at plugin load.
+    """
+    global _activated
+    if _activated:
+        return
+    from medvr_verl.cpu import platform  # noqa: F401  (registers platform "cpu")
+    from medvr_verl.cpu.fixes import ALL_FIXES
+    from medvr_verl.cpu.rollout import register_rollout
+
+    for fix in ALL_FIXES:
+        fix()
+    register_rollout()
+    _activated = True

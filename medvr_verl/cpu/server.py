@@ -1,0 +1,322 @@
+"""The CPU rollout server: a Hugging Face model in a Ray actor, answering veRL's LLM-client calls.
+
+One :class:`CPURolloutServer` actor per replica (see :mod:`medvr_verl.cpu.rollout`). It answers
+``generate(prompt_ids, sampling_params, request_id, image_data=...)`` exactly where veRL's
+``LLMServerClient`` calls ``vLLMHttpServer.generate`` and returns the same ``TokenOutput``: the
+response token ids (the stop token kept, as vLLM does), the sampled tokens' log-probs when
+``sampling_params["logprobs"]`` asks for them, ``stop_reason="completed"`` and ``extra_fields`` with
+``global_steps`` plus per-token entropy under :data:`medvr_verl.entropy.TOKEN_ENTROPY_KEY` (the top-k
+estimate ``medvr_vllm`` returns, ``rollout.custom.evr.top_k``) and the exact full-vocabulary entropy
+under ``token_entropy_exact``.
+
+The model is the actor's: the server loads the checkpoint once to get the architecture, then veRL's
+weight sync (:class:`medvr_verl.cpu.rollout.CPUServerAdapter`) replaces every parameter before the
+first rollout and after every training step. Each sync is logged with a fingerprint of the weights
+(and appended to ``rollout.custom.cpu.weight_log`` when set) so a run shows that rollouts use the
+updated policy.
+
+Policies (``rollout.custom.cpu.policy``):
+
+* ``sampled``: the model writes the text: ancestral sampling honouring ``temperature``, ``top_p``
+  and ``top_k`` (greedy when ``temperature`` is 0 or ``do_sample`` is false), stopping at the eos
+  ids or the token budget vLLM would allow.
+* ``scripted``: a stand-in for random-weight demos. A script (``rollout.custom.cpu.script``, default
+  :class:`medvr_verl.cpu.script.ZoomThenAnswer`) writes the text through
+  :class:`medvr_verl.testing.scripted_server.ScriptedLLMClient`'s rules (token budget, eos); the
+  log-probs and entropies are still a real forward pass of the synced weights over prompt, images
+  and those tokens. Every output carries ``extra_fields["medvr_cpu_policy"] = "scripted"`` and the
+  server logs ``[medvr_cpu SCRIPTED]`` for every sync.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import hashlib
+import json
+import logging
+import os
+import threading
+import time
+from typing import Any
+
+import torch
+
+from medvr_verl.entropy import TOKEN_ENTROPY_KEY, topk_entropy
+
+logger = logging.getLogger(__name__)
+
+POLICIES = ("sampled", "scripted")
+DEFAULT_SCRIPT = "medvr_verl.cpu.script.ZoomThenAnswer"
+POLICY_FIELD = "medvr_cpu_policy"
+
+#: (width, height) of each request's images as the model sees them, for scripts (set per request).
+IMAGE_SIZES: contextvars.ContextVar[list[tuple[int, int]]] = contextvars.ContextVar("medvr_cpu_image_sizes")
+
+
+def cpu_options(rollout_config) -> dict[str, Any]:
+    """``rollout.custom.cpu`` of a RolloutConfig (``policy``, ``script``, ``weight_log``, ``seed``)."""
+    custom = getattr(rollout_config, "custom", None) or {}
+    options = dict(custom.get("cpu", None) or {})
+    options.setdefault("policy", "sampled")
+    options.setdefault("script", DEFAULT_SCRIPT)
+    options.setdefault("weight_log", None)
+    options.setdefault("seed", 0)
+    if options["policy"] not in POLICIES:
+        raise ValueError(f"rollout.custom.cpu.policy must be one of {POLICIES}, got {options['policy']!r}")
+    return options
+
+
+def weights_fingerprint(named_tensors) -> str:
+    """A short hash of all parameters (names and float32 values), order-independent of dict order."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(named_tensors, key=lambda item: item[0]):
+        digest.update(name.encode())
+        digest.update(tensor.detach().to(torch.float32).contiguous().numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+class CPURolloutServer:
+    """Ray actor (async): the rollout engine on CPU. See the module docstring."""
+
+    def __init__(self, config, model_config, replica_rank: int = 0):
+        from verl.utils.config import omega_conf_to_dataclass
+
+        self.config = omega_conf_to_dataclass(config)
+        self.model_config = omega_conf_to_dataclass(model_config)
+        self.replica_rank = replica_rank
+        self.options = cpu_options(self.config)
+        self.policy = self.options["policy"]
+        self.global_steps: int | None = None
+        self.weight_version = 0
+        self.fingerprint: str | None = None
+        self._lock = threading.Lock()
+        self._model = None
+        self._processor = None
+        self._scripted = None
+        self._generator = torch.Generator().manual_seed(int(self.options["seed"]) + replica_rank)
+        self._load()
+
+    # -- model -----------------------------------------------------------------------------------
+    def _load(self) -> None:
+        from transformers import AutoModelForImageTextToText, AutoProcessor
+
+        path = self.model_config.local_path
+        self._processor = AutoProcessor.from_pretrained(path, trust_remote_code=self.model_config.trust_remote_code)
+        self._model = AutoModelForImageTextToText.from_pretrained(
+            path, dtype=torch.float32, attn_implementation="sdpa", trust_remote_code=self.model_config.trust_remote_code
+        ).eval()
+        self.fingerprint = weights_fingerprint(self._model.state_dict().items())
+        self._log(f"loaded {path} (policy {self.policy}), weights {self.fingerprint}")
+
+    def _log(self, message: str) -> None:
+        label = "[medvr_cpu SCRIPTED]" if self.policy == "scripted" else "[medvr_cpu sampled]"
+        print(f"{label} replica {self.replica_rank}: {message}", flush=True)
+
+    async def update_weights(self, named_tensors: list[tuple[str, torch.Tensor]], global_steps: int | None = None):
+        """Load the actor's weights (veRL's weight sync, through :class:`CPUServerAdapter`)."""
+        return await asyncio.to_thread(self._update_weights, named_tensors, global_steps)
+
+    def _update_weights(self, named_tensors, global_steps):
+        with self._lock:
+            state = self._model.state_dict()
+            before = {name: state[name].clone() for name, _ in named_tensors if name in state}
+            unknown = [name for name, _ in named_tensors if name not in state]
+            if unknown:
+                raise KeyError(f"medvr_cpu: the actor sent weights the rollout model does not have: {unknown[:5]}")
+            missing = sorted(set(state) - {name for name, _ in named_tensors})
+            with torch.no_grad():
+                for name, tensor in named_tensors:
+                    state[name].copy_(tensor.to(state[name].dtype))
+            max_delta = max(
+                (float((state[name] - before[name]).abs().max()) for name in before if before[name].numel()),
+                default=0.0,
+            )
+            previous, self.fingerprint = self.fingerprint, weights_fingerprint(self._model.state_dict().items())
+            self.weight_version += 1
+            self.global_steps = global_steps
+            record = {
+                "replica": self.replica_rank,
+                "version": self.weight_version,
+                "global_steps": global_steps,
+                "fingerprint": self.fingerprint,
+                "previous": previous,
+                "changed": previous != self.fingerprint,
+                "max_abs_delta": max_delta,
+                "num_tensors": len(named_tensors),
+                "not_sent": missing,
+                "policy": self.policy,
+                "time": time.time(),
+            }
+        self._log(
+            f"weights v{self.weight_version} from the actor (global_steps={global_steps}): {self.fingerprint}, "
+            f"changed={record['changed']}, max |delta|={max_delta:.3g}, {len(named_tensors)} tensors"
+        )
+        if self.options["weight_log"]:
+            os.makedirs(os.path.dirname(os.path.abspath(self.options["weight_log"])), exist_ok=True)
+            with open(self.options["weight_log"], "a") as f:
+                f.write(json.dumps(record) + "\n")
+        return record
+
+    def weight_state(self) -> dict[str, Any]:
+        return {"version": self.weight_version, "fingerprint": self.fingerprint, "global_steps": self.global_steps}
+
+    # -- generation ----------------------------------------------------------------------------
+    def _vision_inputs(self, image_data) -> dict[str, torch.Tensor]:
+        if not image_data:
+            return {}
+        vision = self._processor.image_processor(images=list(image_data), return_tensors="pt")
+        return {"pixel_values": vision["pixel_values"], "image_grid_thw": vision["image_grid_thw"]}
+
+    def _image_sizes(self, vision: dict[str, torch.Tensor]) -> list[tuple[int, int]]:
+        if "image_grid_thw" not in vision:
+            return []
+        patch = int(getattr(self._processor.image_processor, "patch_size", 14))
+        return [(int(w) * patch, int(h) * patch) for _, h, w in vision["image_grid_thw"].tolist()]
+
+    def _eos_ids(self) -> list[int]:
+        ids = []
+        eos = getattr(self._model.generation_config, "eos_token_id", None)
+        tok_eos = self._processor.tokenizer.eos_token_id
+        for value in ([tok_eos] if tok_eos is not None else []) + (eos if isinstance(eos, list) else [eos]):
+            if value is not None and int(value) not in ids:
+                ids.append(int(value))
+        return ids
+
+    def _token_budget(self, prompt_len: int, sampling_params: dict[str, Any]) -> int:
+        """``vLLMHttpServer.generate``'s max_tokens rule."""
+        max_possible = int(self.config.max_model_len or (self.config.prompt_length + self.config.response_length))
+        max_possible -= prompt_len
+        if max_possible < 1:
+            raise ValueError(f"prompt of {prompt_len} tokens leaves no room to generate")
+        if sampling_params.get("max_tokens") is not None:
+            max_tokens = int(sampling_params["max_tokens"])
+        elif sampling_params.get("max_new_tokens") is not None:
+            max_tokens = int(sampling_params["max_new_tokens"])
+        else:
+            rl, pl = int(self.config.response_length), int(self.config.prompt_length)
+            max_tokens = min(rl, pl + rl - prompt_len)
+        return max(1, min(max_tokens, max_possible))
+
+    async def generate(
+        self,
+        prompt_ids: list[int],
+        sampling_params: dict[str, Any],
+        request_id: str,
+        image_data: list[Any] | None = None,
+        video_data: list[Any] | None = None,
+        **kwargs: Any,
+    ):
+        """veRL's server call (same signature as ``vLLMHttpServer.generate``) -> ``TokenOutput``."""
+        from verl.utils import normalize_token_ids
+        from verl.workers.rollout.replica import TokenOutput
+
+        if video_data:
+            raise NotImplementedError("medvr_cpu: video inputs are not supported")
+        prompt_ids = list(normalize_token_ids(prompt_ids))
+        params = dict(sampling_params)
+        vision = await asyncio.to_thread(self._vision_inputs, image_data)
+        if self.policy == "scripted":
+            token_ids = await self._scripted_tokens(request_id, prompt_ids, params, image_data, vision)
+        else:
+            token_ids = await asyncio.to_thread(self._sample, prompt_ids, params, vision)
+        logprobs, entropy, exact = await asyncio.to_thread(self._score, prompt_ids, token_ids, vision, params)
+        extra = {
+            "global_steps": self.global_steps,
+            "num_cached_tokens": 0,
+            TOKEN_ENTROPY_KEY: entropy,
+            "token_entropy_exact": exact,
+            POLICY_FIELD: self.policy,
+            "medvr_cpu_weights": self.fingerprint,
+        }
+        return TokenOutput(
+            token_ids=token_ids,
+            log_probs=logprobs if params.get("logprobs") else None,
+            stop_reason="completed",
+            num_preempted=0,
+            extra_fields=extra,
+        )
+
+    def _sample(self, prompt_ids: list[int], params: dict[str, Any], vision) -> list[int]:
+        """Ancestral sampling with a KV cache (HF ``generate``): temperature, top-p, top-k, stop ids."""
+        from transformers import GenerationConfig
+
+        max_tokens = self._token_budget(len(prompt_ids), params)
+        temperature = float(params.get("temperature", 1.0))
+        greedy = temperature <= 0 or params.get("do_sample", True) is False
+        top_k = int(params.get("top_k", -1) or -1)
+        stop = self._eos_ids() + [int(t) for t in (params.get("stop_token_ids") or [])]
+        generation = GenerationConfig(
+            max_new_tokens=max_tokens,
+            do_sample=not greedy,
+            temperature=None if greedy else temperature,
+            top_p=None if greedy else float(params.get("top_p", 1.0)),
+            top_k=None if greedy or top_k <= 0 else top_k,
+            eos_token_id=None if params.get("ignore_eos") else stop,
+            pad_token_id=self._processor.tokenizer.pad_token_id,
+            repetition_penalty=float(params.get("repetition_penalty", 1.0) or 1.0),
+        )
+        inputs = {"input_ids": torch.tensor([prompt_ids]), "attention_mask": torch.ones(1, len(prompt_ids), dtype=torch.long)}
+        with self._lock, torch.no_grad():
+            # HF sampling draws from torch's global generator: seed it from the server's own stream
+            torch.manual_seed(int(torch.randint(0, 2**62, (1,), generator=self._generator)))
+            out = self._model.generate(**inputs, **vision, generation_config=generation)
+        return [int(t) for t in out[0, len(prompt_ids) :].tolist()]
+
+    async def _scripted_tokens(self, request_id, prompt_ids, params, image_data, vision) -> list[int]:
+        if self._scripted is None:
+            from medvr_verl.cpu.script import build_scripted_client
+
+            self._scripted = build_scripted_client(self.config, self.model_config, self.options["script"])
+        token = IMAGE_SIZES.set(self._image_sizes(vision))
+        try:
+            output = await self._scripted.generate(
+                request_id, prompt_ids=prompt_ids, sampling_params=params, image_data=image_data
+            )
+        finally:
+            IMAGE_SIZES.reset(token)
+        return list(output.token_ids)
+
+    def _score(self, prompt_ids, token_ids, vision, params) -> tuple[list[float], list[float], list[float]]:
+        """Per response token: log-prob (at the request's temperature, as veRL's actor computes it), the
+        top-k entropy estimate and the exact entropy, from one forward pass of the synced weights."""
+        if not token_ids:
+            return [], [], []
+        temperature = float(params.get("temperature", 1.0) or 1.0)
+        top_k = int(((self.config.custom or {}).get("evr", None) or {}).get("top_k", 20))
+        inputs = {"input_ids": torch.tensor([prompt_ids + token_ids]), **vision}
+        with self._lock, torch.no_grad():
+            logits = self._model(**inputs).logits[0, len(prompt_ids) - 1 : -1].float() / max(temperature, 1e-6)
+        logp = torch.log_softmax(logits, dim=-1)
+        chosen = logp.gather(-1, torch.tensor(token_ids)[:, None])[:, 0].tolist()
+        top = logp.topk(min(top_k, logp.shape[-1]), dim=-1).values.tolist()
+        exact = (-(logp.exp() * logp).sum(-1)).tolist()
+        return chosen, [topk_entropy(row) for row in top], exact
+
+    # -- the control calls veRL's replica and checkpoint manager make -----------------------------
+    async def wake_up(self, tags: list[str] | None = None):
+        return None
+
+    async def sleep(self):
+        return None
+
+    async def clear_kv_cache(self):
+        return None
+
+    async def release_kv_cache(self):
+        return None
+
+    async def resume_kv_cache(self):
+        return None
+
+    async def abort_all_requests(self, reject_request: bool = False, **kwargs):
+        return {"aborted_count": 0, "request_ids": []}
+
+    async def resume_generation(self):
+        return None
+
+    async def start_profile(self, **kwargs):
+        return None
+
+    async def stop_profile(self):
+        return None

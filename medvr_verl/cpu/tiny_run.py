@@ -1,0 +1,160 @@
+"""One ``main_ppo`` run of the MedVR recipe with the tiny Qwen2.5-VL, on either backend.
+
+The demo (``scripts/demo.sh``), the CPU test (``tests/test_main_ppo_on_cpu.py``) and the GPU smoke run
+(``examples/gpu_smoke.py``, ``tests/test_main_ppo_smoke_on_gpu.py``) all build their command here, so the
+CPU run checks the GPU run's config: the two differ only in :func:`backend_overrides`.
+
+* :func:`build_data`: a parquet of questions on pydicom's bundled CT and MR images through
+  ``medvr_verl.data.write_records`` (veRL's schema, the zoom-tool system prompt). Each question
+  carries a script marker (``[script:RIGHT_WRONG]``) that only the CPU server's ``scripted`` policy
+  reads (:class:`medvr_verl.cpu.script.ZoomThenAnswer`).
+* :func:`command`: ``python -m verl.trainer.main_ppo --config-path=pkg://medvr_verl.recipes.medvr
+  --config-name=medvr`` scaled to the tiny model, plus the backend.
+* :func:`environment`: the process environment (``VERL_PLATFORM=cpu`` on CPU, the metrics file).
+
+Lengths: the tiny model's prompts are about 1,150 tokens (the hermes tool block of the system
+prompt plus up to 256 image tokens), so ``max_prompt_length`` is 2048 -- with 1024 veRL's
+``filter_overlong_prompts`` drops every prompt and the run ends with ``num_samples=0``.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+BACKENDS = ("cpu", "gpu")
+MAX_PROMPT_LENGTH = 2048
+MAX_RESPONSE_LENGTH = 1024
+
+# pydicom test file, question, options, answer: the answer is what a zoom on the image centre sees
+QUESTIONS = (
+    ("CT_small.dcm", "Which imaging modality produced this image?", {"A": "CT", "B": "MRI", "C": "X-ray"}, "A"),
+    ("MR_small.dcm", "Which imaging modality produced this image?", {"A": "CT", "B": "MRI", "C": "X-ray"}, "B"),
+)
+
+
+def build_data(out: Path, num_questions: int = 8) -> Path:
+    """``out/tiny_medvr.parquet``: ``num_questions`` questions alternating over :data:`QUESTIONS`."""
+    import pydicom.data
+
+    from medvr_verl.data import ImageRef, Record, write_records
+    from medvr_verl.tools.image_io import load_medical_image
+
+    records = []
+    for i in range(num_questions):
+        file, question, options, answer = QUESTIONS[i % len(QUESTIONS)]
+        wrong = next(letter for letter in options if letter != answer)
+        image = load_medical_image(pydicom.data.get_testdata_file(file))
+        records.append(
+            Record(
+                dataset="tiny",
+                split="train",
+                source_id=str(i),
+                question=f"{question} [script:{answer}_{wrong}]",
+                answer=answer,
+                question_type="multiple_choice",
+                options=options,
+                images=[ImageRef(name=file, pil=image)],
+            )
+        )
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / "tiny_medvr.parquet"
+    write_records(records, path, progress=False)
+    return path
+
+
+def backend_overrides(backend: str, *, policy: str = "scripted", out: Path | None = None) -> list[str]:
+    """What differs between the CPU and the GPU run."""
+    if backend == "cpu":
+        items = ["+backend=cpu", f"actor_rollout_ref.rollout.custom.cpu.policy={policy}"]
+        if out is not None:
+            items.append(f"actor_rollout_ref.rollout.custom.cpu.weight_log={out / 'rollout_weights.jsonl'}")
+        return items
+    if backend == "gpu":
+        return [
+            "trainer.n_gpus_per_node=1",
+            "actor_rollout_ref.rollout.tensor_model_parallel_size=1",
+            "actor_rollout_ref.rollout.gpu_memory_utilization=0.3",
+            "actor_rollout_ref.rollout.enforce_eager=true",
+            "actor_rollout_ref.rollout.load_format=auto",
+        ]
+    raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+
+
+def overrides(
+    model: Path,
+    data: Path,
+    out: Path,
+    *,
+    steps: int = 2,
+    backend: str = "cpu",
+    policy: str = "scripted",
+    n: int = 4,
+    batch_size: int = 2,
+    save_freq: int = -1,
+    resume: bool = False,
+) -> list[str]:
+    """The recipe scaled to the tiny model (shared by both backends) + :func:`backend_overrides`."""
+    rollouts = n * batch_size
+    return [
+        f"data.train_files={data}",
+        f"data.val_files={data}",
+        f"data.train_batch_size={batch_size}",
+        f"data.max_prompt_length={MAX_PROMPT_LENGTH}",
+        f"data.max_response_length={MAX_RESPONSE_LENGTH}",
+        "data.dataloader_num_workers=0",
+        f"actor_rollout_ref.model.path={model}",
+        f"actor_rollout_ref.actor.ppo_mini_batch_size={batch_size}",
+        f"actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu={rollouts}",
+        f"actor_rollout_ref.ref.log_prob_micro_batch_size_per_gpu={rollouts}",
+        f"actor_rollout_ref.rollout.log_prob_micro_batch_size_per_gpu={rollouts}",
+        f"actor_rollout_ref.rollout.n={n}",
+        # a visible step on a random-weight model: 1e-6 would leave the weights almost unchanged
+        "actor_rollout_ref.actor.optim.lr=1e-3",
+        "actor_rollout_ref.rollout.agent.num_workers=1",
+        "actor_rollout_ref.rollout.custom.evr.seed=0",
+        "reward.num_workers=1",
+        "reward.reward_kwargs.group_timeout_s=120",
+        "trainer.nnodes=1",
+        f"trainer.total_training_steps={steps}",
+        "trainer.val_before_train=false",
+        "trainer.test_freq=-1",
+        f"trainer.save_freq={save_freq}",
+        f"trainer.resume_mode={'auto' if resume else 'disable'}",
+        "trainer.logger=[console,file]",
+        "trainer.experiment_name=tiny",
+        f"trainer.default_local_dir={out / 'checkpoints'}",
+        f"trainer.rollout_data_dir={out / 'rollouts'}",
+        f"actor_rollout_ref.rollout.custom.viz.dir={out / 'viz'}",
+        "actor_rollout_ref.rollout.custom.viz.interval=1",
+        *backend_overrides(backend, policy=policy, out=out),
+    ]
+
+
+def command(model: Path, data: Path, out: Path, **kwargs) -> list[str]:
+    """``python -m verl.trainer.main_ppo`` with the MedVR recipe and :func:`overrides`."""
+    return [
+        sys.executable,
+        "-m",
+        "verl.trainer.main_ppo",
+        "--config-path=pkg://medvr_verl.recipes.medvr",
+        "--config-name=medvr",
+        *overrides(model, data, out, **kwargs),
+    ]
+
+
+def environment(backend: str, out: Path, base: dict[str, str] | None = None) -> dict[str, str]:
+    """The run's environment: offline HF, metrics to ``out/metrics.jsonl``, ``VERL_PLATFORM`` on CPU."""
+    env = dict(os.environ if base is None else base)
+    env.update(
+        HF_HUB_OFFLINE="1",
+        TRANSFORMERS_OFFLINE="1",
+        TOKENIZERS_PARALLELISM="false",
+        VERL_FILE_LOGGER_PATH=str(out / "metrics.jsonl"),
+    )
+    if backend == "cpu":
+        env["VERL_PLATFORM"] = "cpu"
+    else:
+        env.pop("VERL_PLATFORM", None)
+    return env
