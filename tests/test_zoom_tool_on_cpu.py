@@ -729,3 +729,71 @@ def test_missing_pydicom_gives_install_hint(monkeypatch):
     monkeypatch.setitem(sys.modules, "pydicom", None)
     with pytest.raises(ImportError, match="pip install pydicom"):
         load_medical_image(path)
+
+
+# --------------------------------------------------------------------------------------------------
+# Bounded memory and degenerate images (issue 10)
+# --------------------------------------------------------------------------------------------------
+
+
+def _reference_to_8bit(img, window=None):
+    """The whole-array computation the block-wise code must reproduce pixel for pixel."""
+    from medvr_verl.tools import image_io
+
+    if not image_io.is_high_bit_depth(img.mode):
+        return to_8bit(img, window)
+    arr = np.asarray(img)
+    if window is None:
+        finite = arr[np.isfinite(arr)] if arr.dtype.kind == "f" else arr
+        window = (float(finite.min()), float(finite.max())) if finite.size else None
+    lo, hi = window if window is not None else (None, None)
+    out = np.zeros(arr.shape, dtype=np.uint8)
+    if lo is not None and hi > lo:
+        a = np.nan_to_num(arr.astype(np.float64), nan=lo, posinf=hi, neginf=lo)
+        out[...] = np.rint(np.clip((a - lo) * (255.0 / (hi - lo)), 0, 255)).astype(np.uint8)
+    return Image.fromarray(out)
+
+
+@settings(deadline=None, max_examples=60, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    st.sampled_from(ALL_MODES),
+    st.integers(1, 40),
+    st.integers(1, 30),
+    st.data(),
+    st.integers(1, 64),
+)
+def test_crop_to_rgb8_equals_crop_then_convert_in_small_blocks(mode, w, h, data, block):
+    """Block-wise windowing/compositing (any block size) gives the pixels of the whole-array path."""
+    from medvr_verl.tools import image_io
+
+    img = image_of_mode(mode, (40, 30))
+    x1 = data.draw(st.integers(0, 40 - w))
+    y1 = data.draw(st.integers(0, 30 - h))
+    box = (x1, y1, x1 + w, y1 + h)
+    window = image_io.intensity_window(img) if image_io.is_high_bit_depth(mode) else None
+    old = image_io._BLOCK_PIXELS
+    image_io._BLOCK_PIXELS = block
+    try:
+        got = image_io.crop_to_rgb8(img, box, window)
+        whole = to_8bit(img)
+        if window is not None:
+            assert image_io.intensity_window(img) == window
+    finally:
+        image_io._BLOCK_PIXELS = old
+    expected = to_rgb8(_reference_to_8bit(img.crop(box), window) if window else img.crop(box))
+    assert got.mode == "RGB" and got.size == (w, h)
+    np.testing.assert_array_equal(np.asarray(got), np.asarray(expected))
+    np.testing.assert_array_equal(np.asarray(whole), np.asarray(_reference_to_8bit(img)))
+
+
+@pytest.mark.parametrize("size", [(0, 10), (10, 0)])
+def test_empty_image_gives_a_clear_error(size, tool):
+    response, reward, _ = call(tool, {"bbox_2d": [0, 0, 5, 5]}, make_agent_data(Image.new("L", size)))
+    assert response.text.startswith("Error: ") and "empty" in response.text
+    assert "division" not in response.text and response.image is None and reward == 0.0
+
+
+def test_model_input_size_refuses_empty_sizes():
+    for w, h in ((0, 10), (10, 0), (0, 0), (math.nan, 5)):
+        with pytest.raises(ValueError, match="empty"):
+            model_input_size(w, h)

@@ -36,12 +36,14 @@ __all__ = [
     "ImageTooLargeError",
     "OriginalImages",
     "check_pixel_budget",
+    "crop_to_rgb8",
     "intensity_window",
     "is_high_bit_depth",
     "load_medical_image",
     "resolve_pixel_limit",
     "to_8bit",
     "to_rgb8",
+    "window_region",
     "window_to_uint8",
 ]
 
@@ -124,53 +126,133 @@ def is_high_bit_depth(mode: str) -> bool:
     return mode in ("I", "F") or mode.startswith("I;")
 
 
+# Pixels per block when high-bit-depth images are scanned or windowed: the float64 temporaries
+# stay at a few MB whatever the image size (no whole-image float copies).
+_BLOCK_PIXELS = 1 << 18
+
+
+def _row_blocks(height: int, width: int):
+    """``(r0, r1)`` row ranges of about ``_BLOCK_PIXELS`` pixels covering ``height`` rows."""
+    step = max(1, _BLOCK_PIXELS // max(1, width))
+    for r0 in range(0, height, step):
+        yield r0, min(height, r0 + step)
+
+
 def _finite_range(arr: np.ndarray) -> tuple[float, float] | None:
+    """Min and max of the finite values of ``arr``, scanned in row blocks (no full-size mask)."""
     if arr.size == 0:
         return None
-    if arr.dtype.kind == "f":
-        finite = arr[np.isfinite(arr)]
-        if finite.size == 0:
-            return None
-        return float(finite.min()), float(finite.max())
-    return float(arr.min()), float(arr.max())
+    if arr.dtype.kind != "f":
+        return float(arr.min()), float(arr.max())
+    lo = hi = None
+    flat = arr.reshape(arr.shape[0], -1) if arr.ndim > 1 else arr.reshape(1, -1)
+    for r0, r1 in _row_blocks(flat.shape[0], flat.shape[1]):
+        block = flat[r0:r1]
+        finite = block[np.isfinite(block)]
+        if finite.size:
+            b_lo, b_hi = float(finite.min()), float(finite.max())
+            lo = b_lo if lo is None else min(lo, b_lo)
+            hi = b_hi if hi is None else max(hi, b_hi)
+    return None if lo is None else (lo, hi)
 
 
 def intensity_window(img: Image.Image) -> tuple[float, float] | None:
     """Min and max of the finite pixel values of a single-band image; ``None`` when there are none.
 
-    Uses Pillow's ``getextrema`` (C, no copy) for ``I`` / ``I;16``; other modes go through numpy.
+    Uses Pillow's ``getextrema`` (C, no copy) for ``I`` / ``I;16`` and for ``F`` when both extremes
+    are finite; everything else is scanned in row blocks of the image, so memory stays at one block
+    whatever the image size.
     """
-    if img.mode in ("I", "I;16"):
+    if img.mode in ("I", "I;16", "F"):
         try:
             lo, hi = img.getextrema()
-            return float(lo), float(hi)
+            if img.mode != "F" or (math.isfinite(lo) and math.isfinite(hi)):
+                return float(lo), float(hi)
         except Exception:  # pragma: no cover - fall through to numpy
             pass
-    return _finite_range(np.asarray(img))
+    width, height = img.size
+    lo = hi = None
+    for r0, r1 in _row_blocks(height, width):
+        rng = _finite_range(np.asarray(img.crop((0, r0, width, r1))))
+        if rng is not None:
+            lo = rng[0] if lo is None else min(lo, rng[0])
+            hi = rng[1] if hi is None else max(hi, rng[1])
+    return None if lo is None else (lo, hi)
+
+
+def _window_block(block: np.ndarray, lo: float, hi: float) -> np.ndarray:
+    """One block of :func:`window_to_uint8` (float64 temporaries of the block's size only)."""
+    a = np.array(block, dtype=np.float64)  # always a copy: modified in place below
+    np.nan_to_num(a, copy=False, nan=lo, posinf=hi, neginf=lo)
+    a -= lo
+    a *= 255.0 / (hi - lo)
+    np.clip(a, 0.0, 255.0, out=a)
+    np.rint(a, out=a)
+    return a.astype(np.uint8)
+
+
+def _usable_window(lo: float | None, hi: float | None) -> bool:
+    return lo is not None and hi is not None and math.isfinite(lo) and math.isfinite(hi) and hi > lo
 
 
 def window_to_uint8(arr: np.ndarray, lo: float | None, hi: float | None) -> np.ndarray:
-    """Map ``[lo, hi]`` linearly to ``[0, 255]`` (clipped, rounded). Constant range -> zeros."""
+    """Map ``[lo, hi]`` linearly to ``[0, 255]`` (clipped, rounded). Constant range -> zeros.
+
+    Works in row blocks, so the float64 temporaries are a few MB whatever the size of ``arr``.
+    """
+    arr = np.asarray(arr)
     out = np.zeros(arr.shape, dtype=np.uint8)
-    if lo is None or hi is None or not (math.isfinite(lo) and math.isfinite(hi)) or not hi > lo:
+    if not _usable_window(lo, hi) or arr.size == 0:
         return out
-    a = np.asarray(arr, dtype=np.float64)
-    a = np.nan_to_num(a, nan=lo, posinf=hi, neginf=lo)
-    scaled = (a - lo) * (255.0 / (hi - lo))
-    np.clip(scaled, 0.0, 255.0, out=scaled)
-    np.rint(scaled, out=scaled)
-    out[...] = scaled.astype(np.uint8)
+    if arr.ndim == 0:
+        out[...] = _window_block(arr, lo, hi)
+        return out
+    width = arr.size // max(1, arr.shape[0])
+    for r0, r1 in _row_blocks(arr.shape[0], width):
+        out[r0:r1] = _window_block(arr[r0:r1], lo, hi)
     return out
 
 
-def _composite_on_black(img: Image.Image) -> Image.Image:
-    """Straight-alpha image (``LA`` / ``RGBA``) over black: ``value * alpha / 255``."""
-    arr = np.asarray(img, dtype=np.uint16)
-    color, alpha = arr[..., :-1], arr[..., -1:]
-    out = ((color * alpha + 127) // 255).astype(np.uint8)
-    if out.shape[-1] == 1:
+def window_region(
+    img: Image.Image, box: tuple[int, int, int, int] | None = None, window: tuple[float, float] | None = None
+) -> Image.Image:
+    """8-bit ``L`` of region ``box`` (ints ``x1, y1, x2, y2``; default the whole image) of a
+    high-bit-depth image, windowed by ``window`` (default: the image's own finite min/max).
+
+    Reads the region in row blocks straight from ``img``: no copy of the whole image, no float64
+    copy of the whole region; the only full-size buffer is the 8-bit output.
+    """
+    x1, y1, x2, y2 = box if box is not None else (0, 0, *img.size)
+    if window is None:
+        window = intensity_window(img)
+    lo, hi = window if window is not None else (None, None)
+    out = np.zeros((y2 - y1, x2 - x1), dtype=np.uint8)
+    if _usable_window(lo, hi):
+        for r0, r1 in _row_blocks(y2 - y1, x2 - x1):
+            block = np.asarray(img.crop((x1, y1 + r0, x2, y1 + r1)))
+            out[r0:r1] = _window_block(block, lo, hi)
+    return Image.fromarray(out)
+
+
+def _composite_on_black(img: Image.Image, box: tuple[int, int, int, int] | None = None) -> Image.Image:
+    """Straight-alpha image (``LA`` / ``RGBA``) over black: ``value * alpha / 255``.
+
+    ``box``: only that region (ints ``x1, y1, x2, y2``). Read in row blocks, so the uint16
+    temporaries stay small; the only full-size buffer is the 8-bit output.
+    """
+    x1, y1, x2, y2 = box if box is not None else (0, 0, *img.size)
+    bands = len(img.getbands()) - 1
+    out = np.empty((y2 - y1, x2 - x1, bands), dtype=np.uint8)
+    for r0, r1 in _row_blocks(y2 - y1, (x2 - x1) * (bands + 1)):
+        arr = np.asarray(img.crop((x1, y1 + r0, x2, y1 + r1)), dtype=np.uint16)
+        color, alpha = arr[..., :-1], arr[..., -1:]
+        color *= alpha
+        color += 127
+        color //= 255
+        out[r0:r1] = color
+    if bands == 1:
         return Image.fromarray(np.ascontiguousarray(out[..., 0]))
-    return Image.fromarray(np.ascontiguousarray(out))
+    return Image.fromarray(out)
 
 
 def to_8bit(img: Image.Image, window: tuple[float, float] | None = None) -> Image.Image:
@@ -183,10 +265,7 @@ def to_8bit(img: Image.Image, window: tuple[float, float] | None = None) -> Imag
     if mode in ("L", "RGB"):
         return img
     if is_high_bit_depth(mode):
-        arr = np.asarray(img)
-        lo_hi = window if window is not None else _finite_range(arr)
-        lo, hi = lo_hi if lo_hi is not None else (None, None)
-        return Image.fromarray(window_to_uint8(arr, lo, hi))
+        return window_region(img, None, window)
     if mode == "LA" or mode == "RGBA":
         return _composite_on_black(img)
     if mode == "PA" or (mode == "P" and "transparency" in img.info):
@@ -209,6 +288,24 @@ def to_rgb8(img: Image.Image, window: tuple[float, float] | None = None) -> Imag
     """Convert any Pillow image to 8-bit ``RGB`` (what the Qwen processor expects). See :func:`to_8bit`."""
     out = to_8bit(img, window)
     return out if out.mode == "RGB" else out.convert("RGB")
+
+
+def crop_to_rgb8(
+    img: Image.Image, box: tuple[int, int, int, int], window: tuple[float, float] | None = None
+) -> Image.Image:
+    """``to_rgb8(img.crop(box), window)`` with bounded memory: crop first, then convert.
+
+    High-bit-depth images are windowed block by block straight from the source region
+    (:func:`window_region`), so no float copy of the image or the region is ever made; other modes
+    crop (a copy of the region) and convert the crop.
+    """
+    if is_high_bit_depth(img.mode):
+        out = window_region(img, box, window)
+        return out.convert("RGB")
+    if img.mode in ("LA", "RGBA"):
+        out = _composite_on_black(img, box)
+        return out if out.mode == "RGB" else out.convert("RGB")
+    return to_rgb8(img.crop(box), window)
 
 
 # --------------------------------------------------------------------------------------------------

@@ -100,6 +100,7 @@ from medvr_verl.tools.image_io import (
     EmptyImageError,
     ImageTooLargeError,
     check_pixel_budget,
+    crop_to_rgb8,
     ensure_loaded,
     intensity_window,
     is_high_bit_depth,
@@ -531,7 +532,7 @@ class ZoomInTool(BaseTool):
 
         ensure_loaded(img)
         window = intensity_window(img) if is_high_bit_depth(img.mode) else None
-        crop = to_rgb8(img.crop((x1, y1, x2, y2)), window)
+        crop = crop_to_rgb8(img, (x1, y1, x2, y2), window)  # crop first: memory bounded by the region
         crop = self._fit(crop)
         out_w, out_h = crop.size
         if max(out_w, out_h) / min(out_w, out_h) > MAX_ASPECT_RATIO:
