@@ -1,17 +1,20 @@
-"""The MedVR pipeline end to end on a CPU, in a minute: ``python -m medvr_verl.demo [--out DIR]``.
+"""MedVR training on a CPU: a real ``python -m verl.trainer.main_ppo`` run, ``python -m medvr_verl.demo``.
 
-THE MODEL HAS RANDOM WEIGHTS. A tiny Qwen2.5-VL (built offline, random weights) supplies the real
-tokenizer, processor, vision placeholders, mrope positions and the logprobs/entropies of every token;
-its turns are scripted (random weights write no zoom calls): a stand-in policy zooms into a region of
-the image and answers right when the region holds the imaged anatomy. Everything else is the real
-code path of a MedVR training step, the plugin's and veRL's:
+THE MODEL HAS RANDOM WEIGHTS. The run is veRL's own trainer with the ``medvr`` recipe and the CPU
+overlay (``--config-path=pkg://medvr_verl.recipes.medvr --config-name=medvr +backend=cpu``, built by
+:mod:`medvr_verl.cpu.tiny_run`) on a tiny random-weight Qwen2.5-VL: the zoom agent ``medvr_agent``,
+EVR forks, ``medvr_cca`` rewards, GRPO with a KL loss against the reference model, FSDP2 actor and
+reference updates, the actor's weights synced into the ``medvr_cpu`` rollout server after every
+step. Random weights write no zoom calls, so the server runs its ``scripted`` policy: a script
+(:class:`medvr_verl.cpu.script.ZoomThenAnswer`) writes each turn's text, the synced model scores
+it (log-probs and entropies are real forward passes). The numbers show the mechanics, not a
+trained model.
 
-real medical images (pydicom's bundled CT and MR test DICOMs, read by ``load_medical_image``) ->
-veRL's RLHFDataset-style batch -> ``EVRAgentLoopManager`` (ceil(M/2) base trajectories per prompt
-through veRL's AgentLoopWorker and ``medvr_agent``, with the zoom tool cropping the DICOM at native
-resolution, then forks at the zoom calls chosen by entropy) -> ``medvr_cca`` rewards in veRL's
-RewardLoopWorker actors -> GRPO advantages by veRL's ``compute_grpo_outcome_advantage`` -> a
-summary table and PNG overlays of each group's zooms and consensus.
+Afterwards it reads the run's own rollout dump (veRL's ``trainer.rollout_data_dir``): one row per
+trajectory (step, group, base or fork, zoom box, answer, reward, GRPO advantage from veRL's
+``compute_grpo_outcome_advantage``), PNG overlays of each group's zooms and CCA consensus, the
+per-step training metrics (veRL's ``file`` logger), the rollout server's weight syncs, and the
+peak memory (RSS summed over every process of the run, Ray's included).
 """
 
 from __future__ import annotations
@@ -19,166 +22,291 @@ from __future__ import annotations
 import argparse
 import json
 import re
+import subprocess
 import sys
+import threading
+import time
+from collections import OrderedDict
 from pathlib import Path
 
 BANNER = (
-    "=" * 100 + "\nMedVR CPU demo -- THE MODEL HAS RANDOM WEIGHTS: its turns are scripted (a stand-in policy), its\n"
-    "logprobs and entropies are real forward passes of the random tiny model. The pipeline is the real one.\n"
-    + "="
-    * 100
+    "=" * 100
+    + "\nMedVR CPU demo: python -m verl.trainer.main_ppo, recipe medvr + CPU overlay, tiny Qwen2.5-VL.\n"
+    "THE MODEL HAS RANDOM WEIGHTS: its text is SCRIPTED (rollout policy 'scripted'); log-probs, entropies,\n"
+    "rewards, advantages, KL and the FSDP updates are real. The numbers show the mechanics, not a trained model.\n"
+    + "=" * 100
+)
+_BOX = re.compile(r'"bbox_2d": \[([^\]]*)\]')
+_ANSWER = re.compile(r"<answer>(.*?)</answer>", re.S)
+# veRL console lines worth showing live (the rest goes to main_ppo.log)
+_SHOW = re.compile(r"step:\d+ - |Training Progress|\[medvr_cpu|Error|Traceback|Final validation")
+METRICS = (
+    ("actor/grad_norm", "grad_norm"),
+    ("actor/kl_loss", "kl_loss"),
+    ("actor/pg_loss", "pg_loss"),
+    ("critic/score/mean", "reward"),
+    ("medvr/evr/fork_rate/mean", "fork_rate"),
+    ("medvr/tool_reward/mean", "tool_reward"),
+    ("timing_s/step", "step_s"),
 )
 
-# Prompts: pydicom test file, question, options, ground truth, the side of the image as the model sees it
-CASES = {
-    "ct": (
-        "CT_small.dcm",
-        "Which imaging modality produced this image?",
-        {"A": "CT", "B": "MRI", "C": "X-ray"},
-        "A",
-        140,
-    ),
-    "mr": ("MR_small.dcm", "Is this a magnetic resonance image?", None, "yes", 56),
-}
-_BOX = re.compile(r'"bbox_2d": \[([^\]]*)\]')
+
+class PeakRSS:
+    """Samples the summed RSS of a process and all its descendants (Ray's raylet, GCS and workers)."""
+
+    def __init__(self, pid: int, interval: float = 0.5):
+        self.pid, self.interval = pid, interval
+        self.peak = 0
+        self.peak_processes = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+
+    def sample(self) -> int:
+        import psutil
+
+        try:
+            root = psutil.Process(self.pid)
+            procs = [root, *root.children(recursive=True)]
+        except psutil.NoSuchProcess:
+            return 0
+        total = 0
+        for proc in procs:
+            try:
+                total += proc.memory_info().rss
+            except psutil.Error:
+                pass
+        if total > self.peak:
+            self.peak, self.peak_processes = total, len(procs)
+        return total
+
+    def _run(self):
+        while not self._stop.is_set():
+            self.sample()
+            self._stop.wait(self.interval)
 
 
-class StandInPolicy:
-    """Scripted turns: base k zooms into one of three regions; forks resample the region; the answer is
-    right when the last zoom covers the centre of the image (where both test scans hold the anatomy)."""
-
-    # fractions of the image side: centre, top-left corner, bottom-right corner
-    REGIONS = ((0.2, 0.2, 0.8, 0.8), (0.0, 0.0, 0.4, 0.4), (0.6, 0.6, 1.0, 1.0))
-
-    def __init__(self):
-        self._calls: dict[str, int] = {}
-
-    def __call__(self, ctx):
-        from medvr_verl.testing.scripted_server import ScriptedTurn
-        from medvr_verl.testing.scripting import is_fork_request, zoom_call
-
-        side = CASES[ctx.key][4]
-        if is_fork_request(ctx.text):  # an EVR fork: sample the coordinates anew
-            k = self._next(ctx.key + "/fork")
-            return ScriptedTurn(" " + json.dumps(self._region((k + 2) % 3, side)) + "}}</tool_call>")
-        if ctx.turn == 0:
-            k = self._next(ctx.key)
-            return f"<think>Let me look closer at region {k % 3}.</think>" + zoom_call(self._region(k % 3, side))
-        x1, y1, x2, y2 = (float(v) for v in _BOX.findall(ctx.text)[-1].split(","))
-        sees = x1 <= side / 2 <= x2 and y1 <= side / 2 <= y2
-        answer = {"ct": "A" if sees else "B", "mr": "yes" if sees else "no"}[ctx.key]
-        return f"<think>The region {'shows' if sees else 'misses'} the anatomy.</think><answer>{answer}</answer>"
-
-    def _region(self, k: int, side: int) -> list[int]:
-        return [round(f * side) for f in self.REGIONS[k]]
-
-    def _next(self, key: str) -> int:
-        self._calls[key] = self._calls.get(key, -1) + 1
-        return self._calls[key]
-
-
-def run(out_dir: Path, n: int) -> list[dict]:
-    import pydicom.data
-
-    from medvr_verl.testing.harness import ensure_ray, make_agent_batch, make_sample
-    from medvr_verl.testing.real_logprob_client import RealLogprobLLMClient
-    from medvr_verl.testing.scripting import medvr_config
+def run_training(out: Path, steps: int, save_freq: int, resume: bool = False, metrics: str = "metrics.jsonl"):
+    """``python -m verl.trainer.main_ppo`` (CPU overlay, scripted policy); returns (returncode, peak RSS, s)."""
+    from medvr_verl.cpu import tiny_run
     from medvr_verl.testing.tiny_qwen25vl import tiny_qwen25vl_path
-    from medvr_verl.tools.image_io import load_medical_image
 
-    model = tiny_qwen25vl_path()
-    config = medvr_config(
-        model,
-        ["+actor_rollout_ref.rollout.custom={evr: {seed: 0}, viz: {dir: " + str(out_dir) + ", interval: 1}}"],
-        reward_workers=1,
-        n=n,
-        num_workers=1,
-    )
-    samples = []
-    for key, (file, question, options, answer, _) in CASES.items():
-        image = load_medical_image(pydicom.data.get_testdata_file(file)).convert("RGB")
-        kind = "multiple_choice" if options else "closed"
-        samples.append(
-            make_sample(
-                f"[script:{key}] {question}",
-                images=[image],
-                ground_truth=answer,
-                extra_info={"question_type": kind, "options": options},
-                data_source=f"demo_{key}",
-            )
+    data = out / "tiny_medvr.parquet"
+    if not data.exists():
+        tiny_run.build_data(out)
+    cmd = tiny_run.command(tiny_qwen25vl_path(), data, out, steps=steps, save_freq=save_freq, resume=resume)
+    print("$ VERL_PLATFORM=cpu " + " ".join(cmd[1:]), flush=True)
+    log_path = out / ("main_ppo_resume.log" if resume else "main_ppo.log")
+    start = time.monotonic()
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen(
+            cmd,
+            env=tiny_run.environment("cpu", out, metrics=metrics),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            bufsize=1,
         )
+        with PeakRSS(proc.pid) as rss:
+            for line in proc.stdout:
+                log.write(line)
+                if _SHOW.search(line):
+                    print(line.rstrip()[:2000], flush=True)
+            code = proc.wait()
+    elapsed = time.monotonic() - start
+    if code != 0:
+        print(f"main_ppo failed (exit {code}); last lines of {log_path}:", file=sys.stderr)
+        print("".join(log_path.read_text().splitlines(keepends=True)[-60:]), file=sys.stderr)
+    return code, rss.peak, elapsed
 
-    ensure_ray()
-    from verl.experimental.reward_loop import RewardLoopManager
+
+def read_rollouts(out: Path) -> list[dict]:
+    """The run's rollout dump, one dict per trajectory, with group/session/kind/box/answer parsed."""
+    rows = []
+    for path in sorted((out / "rollouts").glob("*.jsonl"), key=lambda p: int(p.stem)):
+        for line in path.read_text().splitlines():
+            if line.strip():
+                rows.append(json.loads(line))
+    groups: OrderedDict[tuple, list[dict]] = OrderedDict()
+    for rec in rows:
+        # V1 trainer: uid = "{prompt uid}_{session}_{index}"; legacy trainer: the prompt uid
+        parts = str(rec["uid"]).rsplit("_", 2)
+        uid = parts[0] if len(parts) == 3 and parts[1].isdigit() else str(rec["uid"])
+        groups.setdefault((rec["step"], uid), []).append(rec)
+    table = []
+    for (step, uid), members in groups.items():
+        n = len(members)
+        for i, rec in enumerate(members):
+            box = _BOX.findall(rec["output"])
+            answer = _ANSWER.findall(rec["output"])
+            table.append(
+                {
+                    "step": step,
+                    "group": uid[:8],
+                    "gt": rec["gts"],
+                    "traj": i + 1,
+                    # EVR layout of both managers: ceil(n/2) base trajectories first, then the forks
+                    "kind": "base" if i < (n + 1) // 2 else "fork",
+                    "box": [float(v) for v in box[-1].split(",")] if box else None,
+                    "answer": answer[-1].strip() if answer else "-",
+                    "R": float(rec["score"]),
+                    "input": rec["input"],
+                }
+            )
+    _add_advantages_and_cca(table)
+    return table
+
+
+def _add_advantages_and_cca(table: list[dict]) -> None:
+    """GRPO advantages by veRL's own function; CCA consensus/IoU per group from the boxes and answers."""
+    import numpy as np
+    import torch
     from verl.trainer.ppo.core_algos import compute_grpo_outcome_advantage
 
-    from medvr_verl.rollout import EVRAgentLoopManager
+    from medvr_verl.consensus import consensus_credit
 
-    reward = RewardLoopManager(config)
-    manager = EVRAgentLoopManager.create(
-        config=config,
-        llm_client=RealLogprobLLMClient(config, script=StandInPolicy()),
-        teacher_client=None,
-        reward_loop_worker_handles=reward.reward_loop_workers,
-    )
-    batch = make_agent_batch(samples, n=n, agent_name="medvr_agent", meta_info={"global_steps": 1})
-    output = manager.generate_sequences(batch)
+    index = np.array([f"{r['step']}/{r['group']}" for r in table], dtype=object)
+    scores = torch.tensor([[r["R"]] for r in table])
     advantages, _ = compute_grpo_outcome_advantage(
-        token_level_rewards=output.batch["rm_scores"],
-        response_mask=output.batch["response_mask"],
-        index=batch.non_tensor_batch["uid"],
+        token_level_rewards=scores, response_mask=torch.ones_like(scores), index=index
     )
-    nt = output.non_tensor_batch
-    rows = []
-    for i in range(len(output)):
-        boxes = json.loads(nt["zoom_boxes_json"][i])
-        rows.append(
-            {
-                "prompt": list(CASES)[i // n],
-                "trajectory": i % n + 1,
-                "kind": "fork" if nt["medvr_fork"][i] is not None else "base",
-                "zoom (original px)": " ".join("[" + ",".join(f"{v:.0f}" for v in b[1:]) + "]" for b in boxes) or "-",
-                "answer": nt["pred"][i],
-                "acc": float(nt["acc"][i]),
-                "R_tool": float(nt["tool_reward"][i]),
-                "IoU": float(nt["cca_iou"][i]),
-                "R": float(output.batch["rm_scores"][i].sum()),
-                "advantage": float(advantages[i][output.batch["response_mask"][i].bool()][0]),
-            }
+    for row, adv in zip(table, advantages[:, 0].tolist()):
+        row["adv"] = adv
+    for key in OrderedDict.fromkeys(index):
+        members = [r for r, k in zip(table, index) if k == key]
+        result = consensus_credit(
+            [[m["box"]] if m["box"] else [] for m in members], [m["answer"] == m["gt"] for m in members]
         )
-    return rows, output.meta_info["timing"]
+        for m, iou in zip(members, result.ious):
+            m["IoU"] = iou
+            m["consensus"] = result.consensus
 
 
-def print_table(rows: list[dict]) -> None:
-    header = list(rows[0])
-    widths = [max(len(h), *(len(_fmt(r[h])) for r in rows)) for h in header]
-    print("  ".join(h.ljust(w) for h, w in zip(header, widths)))
-    for r in rows:
-        print("  ".join(_fmt(r[h]).ljust(w) for h, w in zip(header, widths)))
+def print_table(table: list[dict]) -> None:
+    columns = ("step", "group", "traj", "kind", "box", "answer", "gt", "R", "adv", "IoU")
+    cells = [[_fmt(r.get(c)) for c in columns] for r in table]
+    widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(columns)]
+    print("  ".join(c.ljust(w) for c, w in zip(columns, widths)))
+    for row in cells:
+        print("  ".join(v.ljust(w) for v, w in zip(row, widths)))
 
 
 def _fmt(value) -> str:
-    return f"{value:+.3f}" if isinstance(value, float) else str(value)
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:+.3f}"
+    if isinstance(value, list):
+        return "[" + ",".join(f"{v:.0f}" for v in value) + "]"
+    return str(value)
+
+
+def write_overlays(table: list[dict], out: Path, viz_dir: Path) -> list[Path]:
+    """One PNG per group: its zooms (solid: right answer, dashed: wrong) and CCA consensus.
+
+    Boxes in the dump are in the image as the model saw it; they are drawn over that image (the
+    dataset image resized like Qwen2.5-VL's processor), so no coordinate mapping is involved.
+    """
+    import pandas as pd
+    from transformers import AutoProcessor
+
+    from medvr_verl.testing.tiny_qwen25vl import tiny_qwen25vl_path
+    from medvr_verl.tools.image_io import load_medical_image
+    from medvr_verl.viz import MemberView, group_overlays, save_png
+
+    processor = AutoProcessor.from_pretrained(tiny_qwen25vl_path()).image_processor
+    data = pd.read_parquet(out / "tiny_medvr.parquet")
+    images = {}  # question text -> the model's view of the question's image
+    for _, row in data.iterrows():
+        question = row["prompt"][-1]["content"]
+        if question not in images:
+            import io
+
+            image = load_medical_image(io.BytesIO(row["images"][0]["bytes"])).convert("RGB")
+            grid = processor(images=[image], return_tensors="pt")["image_grid_thw"][0].tolist()
+            images[question] = image.resize((grid[2] * 14, grid[1] * 14))
+    written = []
+    groups: OrderedDict[tuple, list[dict]] = OrderedDict()
+    for r in table:
+        groups.setdefault((r["step"], r["group"]), []).append(r)
+    for (step, group), members in groups.items():
+        image = next((img for q, img in images.items() if q.split("<image>")[-1].strip() in members[0]["input"]), None)
+        if image is None:
+            continue
+        views = [
+            MemberView(
+                boxes=[(0, tuple(m["box"]))] if m["box"] else [],
+                correct=m["answer"] == m["gt"],
+                reward=m["R"],
+                tool_reward=0.0,
+                iou=m["IoU"] if m["answer"] == m["gt"] and m["box"] else None,
+                label=f"#{m['traj']} {m['kind']}",
+            )
+            for m in members
+        ]
+        consensus = [(0, box) for box in members[0]["consensus"]]
+        for panel in group_overlays([image], views, consensus, title=f"step {step} group {group} (scripted policy)"):
+            written.append(save_png(panel, viz_dir / f"step{step}_{group}.png"))
+    return written
+
+
+def read_metrics(path: Path) -> list[dict]:
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def print_metrics(records: list[dict]) -> None:
+    print("  ".join(["step"] + [name for _, name in METRICS]))
+    for rec in records:
+        print("  ".join([str(rec["step"])] + [_fmt(float(rec["data"].get(key, float("nan")))) for key, _ in METRICS]))
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m medvr_verl.demo", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", type=Path, default=Path("medvr_demo"), help="where the overlay PNGs go")
-    parser.add_argument("--n", type=int, default=4, help="trajectories per prompt (M; half base, half forks)")
+    parser.add_argument("--out", type=Path, default=Path("medvr_demo"), help="run folder (data, dumps, overlays)")
+    parser.add_argument("--steps", type=int, default=2, help="training steps (at least 2)")
+    parser.add_argument("--save-freq", type=int, default=-1, help="checkpoint every N steps (-1: never)")
     args = parser.parse_args(argv)
-    if args.n < 2:
-        parser.error("--n must be at least 2 (one base trajectory and one fork)")
-    print(BANNER)
-    rows, timing = run(args.out.resolve(), args.n)
-    print_table(rows)
-    print(
-        f"\nEVR: fork rate {timing.get('medvr/evr/fork_rate/mean', 0):.2f}, "
-        f"prefix tokens reused {timing.get('medvr/evr/prefix_tokens_reused/sum', 0):.0f}; "
-        f"CCA: mean tool reward {timing.get('medvr/tool_reward/mean', 0):.2f}"
-    )
-    pngs = sorted(args.out.glob("*.png"))
-    print(f"overlays of the groups' zooms and consensus: {len(pngs)} PNG(s) in {args.out.resolve()}")
-    print("(random weights: the numbers show the mechanics of a training step, not a trained model)")
+    if args.steps < 2:
+        parser.error("--steps must be at least 2")
+    out = args.out.resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    for stale in ("rollouts", "viz", "metrics.jsonl", "rollout_weights.jsonl"):
+        path = out / stale
+        if path.is_dir():
+            import shutil
+
+            shutil.rmtree(path)
+        elif path.exists():
+            path.unlink()
+    print(BANNER, flush=True)
+    code, peak, elapsed = run_training(out, args.steps, args.save_freq)
+    if code != 0:
+        return code
+    table = read_rollouts(out)
+    print(f"\nPer trajectory, from the run's rollout dump ({out / 'rollouts'}); SCRIPTED policy text:")
+    print_table(table)
+    print("\nTraining metrics per step (veRL's file logger):")
+    print_metrics(read_metrics(out / "metrics.jsonl"))
+    print("\nRollout server weight syncs (veRL's weight sync into medvr_cpu):")
+    for line in (out / "rollout_weights.jsonl").read_text().splitlines():
+        rec = json.loads(line)
+        print(
+            f"  v{rec['version']} after step {rec['global_steps']}: {rec['fingerprint']} "
+            f"changed={rec['changed']} max|delta|={rec['max_abs_delta']:.3g}"
+        )
+    pngs = write_overlays(table, out, out / "viz")
+    print(f"\nOverlays of each group's zooms and CCA consensus: {len(pngs)} PNG(s) in {out / 'viz'}")
+    print(f"Peak memory (RSS, all processes of the run): {peak / 2**30:.2f} GB; main_ppo wall time {elapsed:.0f} s")
+    print("(random weights, scripted text: the numbers show the mechanics of training, not a trained model)")
     return 0
 
 

@@ -128,6 +128,7 @@ def overrides(
         f"trainer.rollout_data_dir={out / 'rollouts'}",
         f"actor_rollout_ref.rollout.custom.viz.dir={out / 'viz'}",
         "actor_rollout_ref.rollout.custom.viz.interval=1",
+        f"hydra.run.dir={out / 'hydra'}",
         *backend_overrides(backend, policy=policy, out=out),
     ]
 
@@ -144,14 +145,17 @@ def command(model: Path, data: Path, out: Path, **kwargs) -> list[str]:
     ]
 
 
-def environment(backend: str, out: Path, base: dict[str, str] | None = None) -> dict[str, str]:
-    """The run's environment: offline HF, metrics to ``out/metrics.jsonl``, ``VERL_PLATFORM`` on CPU."""
+def environment(
+    backend: str, out: Path, base: dict[str, str] | None = None, metrics: str = "metrics.jsonl"
+) -> dict[str, str]:
+    """The run's environment: offline HF, metrics (veRL's ``file`` logger) to ``out/metrics``,
+    ``VERL_PLATFORM=cpu`` on CPU (veRL resolves its platform at import, before Hydra runs)."""
     env = dict(os.environ if base is None else base)
     env.update(
         HF_HUB_OFFLINE="1",
         TRANSFORMERS_OFFLINE="1",
         TOKENIZERS_PARALLELISM="false",
-        VERL_FILE_LOGGER_PATH=str(out / "metrics.jsonl"),
+        VERL_FILE_LOGGER_PATH=str(out / metrics),
     )
     if backend == "cpu":
         env["VERL_PLATFORM"] = "cpu"
