@@ -619,8 +619,11 @@ def compute_score(
         format term is ``-format_weight * (1 - fmt)`` ("penalty") or ``format_weight * fmt``
         ("bonus").
 
+    Never raises on a row's data: an unknown ``question_type`` is inferred, unusable options or
+    ground truths score 0.0.
+
     Raises:
-        ValueError: unknown ``format_mode`` or a negative / non-finite ``format_weight``.
+        ValueError: unknown ``format_mode`` or a negative / non-finite ``format_weight`` (settings).
     """
     format_weight = kwargs.get("format_weight", DEFAULT_FORMAT_WEIGHT)
     format_mode = kwargs.get("format_mode", DEFAULT_FORMAT_MODE)
@@ -639,18 +642,30 @@ def compute_score(
     info = extra_info if isinstance(extra_info, Mapping) else {}
     # Parquet/pandas rows may hold None or NaN for a missing type: anything but a non-empty str
     # means "infer it".
+    # An unknown type is inferred too: the reward never raises on a row's data (issue 10).
     raw_type = info.get("question_type")
-    question_type = raw_type if isinstance(raw_type, str) and raw_type else None
-    options = _clean_options(info.get("options"))
+    question_type = raw_type if isinstance(raw_type, str) and raw_type in QUESTION_TYPES else None
+    try:
+        options = _clean_options(info.get("options"))
+    except Exception:  # an options object that cannot even be listed
+        options = None
 
     pred = extract_answer(solution_str)
     fmt = format_reward(solution_str)
     acc = 0.0
     if pred is not None:
-        for gt in _as_list(ground_truth):
+        try:
+            truths = _as_list(ground_truth)
+        except Exception:
+            truths = []
+        for gt in truths:
             if gt is None:
                 continue
-            acc = max(acc, accuracy(pred, str(gt), question_type, options))
+            try:
+                value = accuracy(pred, str(gt), question_type, options)
+            except (ValueError, TypeError):  # e.g. more options than letters: nothing can match
+                value = 0.0
+            acc = max(acc, value)
             if acc >= 1.0:
                 break
     term = format_weight * fmt if format_mode == "bonus" else -format_weight * (1.0 - fmt)

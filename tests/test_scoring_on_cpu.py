@@ -513,8 +513,30 @@ def test_compute_score_options_from_parquet_shapes():
 def test_compute_score_missing_question_type_from_pandas():
     text = "<think>x</think><answer>yes</answer>"
     assert compute_score("d", text, "yes", {"question_type": float("nan")})["acc"] == 1.0
+    # an unknown type in the data is inferred: the reward never raises on a row's data
+    assert compute_score("d", text, "yes", {"question_type": "yes_no"})["acc"] == 1.0
     with pytest.raises(ValueError):
-        compute_score("d", text, "yes", {"question_type": "yes_no"})
+        accuracy("yes", "yes", "yes_no")  # the direct API still refuses it
+
+
+_json_leaf = st.one_of(
+    st.none(), st.booleans(), st.integers(-(10**20), 10**20), st.floats(allow_nan=True), st.text(max_size=6)
+)
+_json = st.recursive(
+    _json_leaf, lambda inner: st.lists(inner, max_size=30) | st.dictionaries(st.text(max_size=4), inner, max_size=5), max_leaves=40
+)
+
+
+@settings(deadline=None, max_examples=300)
+@given(
+    st.one_of(st.text(max_size=60), _json, st.builds(lambda a: f"<think>x</think><answer>{a}</answer>", st.text(max_size=20))),
+    _json,
+    st.one_of(_json, st.fixed_dictionaries({"question_type": _json, "options": _json})),
+)
+def test_compute_score_never_raises_on_data(solution, ground_truth, extra_info):
+    out = compute_score("d", solution, ground_truth, extra_info)
+    assert out["acc"] in (0.0, 1.0) and out["format"] in (0.0, 1.0)
+    assert np.isfinite(out["score"])
 
 
 def test_compute_score_numeric_ground_truth():

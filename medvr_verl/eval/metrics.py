@@ -25,6 +25,7 @@ from decimal import ROUND_HALF_UP, Decimal
 
 from medvr_verl.boxes import intersection_area, iou, union_area
 from medvr_verl.scoring import lenient_accuracy
+from medvr_verl.tool_calls import as_image_index, validate_box
 
 __all__ = [
     "AVERAGES",
@@ -147,8 +148,31 @@ def average_coverage(keys: Iterable[str]) -> dict[str, list[str]]:
 
 
 def image_boxes(tagged: Iterable[Sequence[float]] | None, image_index: int = 0) -> list[tuple[float, ...]]:
-    """The ``(x1, y1, x2, y2)`` of the ``[k, x1, y1, x2, y2]`` entries on image ``image_index``."""
-    return [tuple(float(v) for v in b[1:5]) for b in (tagged or []) if int(b[0]) == image_index]
+    """The ``(x1, y1, x2, y2)`` of the ``[k, x1, y1, x2, y2]`` entries on image ``image_index``.
+
+    Records may be read back from files written by anyone: malformed entries (not 5 items, a bad
+    image index, a box :func:`medvr_verl.tool_calls.validate_box` refuses) are skipped.
+    """
+    if not isinstance(tagged, (list, tuple)):
+        return []
+    out = []
+    for entry in tagged:
+        if not isinstance(entry, (list, tuple)) or len(entry) != 5:
+            continue
+        if as_image_index(entry[0]) != image_index:
+            continue
+        box = validate_box(list(entry[1:5]))
+        if box is not None:
+            out.append(box)
+    return out
+
+
+def _gt_boxes(record: Mapping) -> list[tuple[float, ...]]:
+    """A record's valid ``gt_boxes`` (malformed ones skipped)."""
+    raw = record.get("gt_boxes")
+    if not isinstance(raw, (list, tuple)):
+        return []
+    return [b for b in (validate_box(v) for v in raw) if b is not None]
 
 
 def _lenient(record: Mapping) -> float | None:
@@ -235,22 +259,22 @@ def grounding_metrics(records: Sequence[Mapping]) -> dict | None:
       ``n_with_consensus`` of them with a consensus. With one sample per question the consensus is
       the zoom region of a correct answer (CCA's quorum is the correct samples that zoomed).
     """
-    with_gt = [r for r in records if r.get("gt_boxes")]
+    with_gt = [r for r in records if _gt_boxes(r)]
     if not with_gt:
         return None
     zoom_pairs = []
     for r in with_gt:
         boxes = image_boxes(r.get("zoom_boxes"))
         if boxes:
-            zoom_pairs.append((boxes, [tuple(map(float, b)) for b in r["gt_boxes"]]))
+            zoom_pairs.append((boxes, _gt_boxes(r)))
     groups: dict[str, Mapping] = {}
     for r in with_gt:
-        groups.setdefault(r["uid"], r)
+        groups.setdefault(str(r.get("uid")), r)
     consensus_pairs = []
     for r in groups.values():
         region = image_boxes(r.get("consensus"))
         if region:
-            consensus_pairs.append((region, [tuple(map(float, b)) for b in r["gt_boxes"]]))
+            consensus_pairs.append((region, _gt_boxes(r)))
     empty = {"coverage": None, "iou": None, "hit_rate": None}
     return {
         "n_with_gt": len(with_gt),
