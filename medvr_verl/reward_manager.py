@@ -55,6 +55,8 @@ logger.setLevel(os.getenv("VERL_LOGGING_LEVEL", "WARN"))
 
 GROUP_META_KEY = "medvr_group"
 GROUP_REWARDS_KEY = "medvr_group_rewards"
+GROUP_EXPECTED_KEY = "medvr_group_expected"
+"""meta_info key: how many members the group should have had (fewer arrived: a partial group)."""
 VALIDATION_SPLITS = frozenset({"test", "val", "valid", "validation", "eval", "dev"})
 
 
@@ -120,7 +122,8 @@ class MedVRCCARewardManager(RewardManagerBase):
     async def _run_group(self, data: DataProto) -> dict:
         scored = [await self._score_row(data[i : i + 1]) for i in range(len(data))]
         group = self._group_rewards([outcome for outcome, _ in scored])
-        results = [self._result(info, group, i, partial=False) for i, (_, info) in enumerate(scored)]
+        partial = len(data) < int(data.meta_info.get(GROUP_EXPECTED_KEY, len(data)))
+        results = [self._result(info, group, i, partial=partial) for i, (_, info) in enumerate(scored)]
         return {**results[-1], GROUP_REWARDS_KEY: results}
 
     # -- one trajectory per call: meet the group in the broker -------------------------------------

@@ -63,14 +63,18 @@ def tiny_model_path() -> Path:
 
 @pytest.fixture(scope="session")
 def ray_session():
-    """One local Ray session for the whole test run (2 CPUs), shut down at the end.
+    """One local Ray session for the whole test run, shut down at the end.
+
+    8 logical CPUs on any machine: Ray's CPU count is a scheduling token, and V1 tests hold
+    TransferQueue's controller and storage actors (one CPU each) beside the reward and agent-loop
+    workers; the real cores are shared by all of them either way.
 
     The workers get ``tests/`` and the repository root on ``PYTHONPATH`` so that tools and agent
     loops defined in test modules import inside the Ray actors.
     """
     from medvr_verl.testing.harness import ensure_ray, shutdown_ray
 
-    ensure_ray(num_cpus=2, extra_sys_paths=[TESTS_DIR, REPO_ROOT])
+    ensure_ray(num_cpus=8, extra_sys_paths=[TESTS_DIR, REPO_ROOT])
     yield
     shutdown_ray()
 

@@ -48,6 +48,7 @@ __all__ = [
     "make_trainer_config",
     "run_agent_loop_worker",
     "run_manager",
+    "run_manager_v1",
     "shutdown_ray",
     "tool_class_path",
     "verl_config_dir",
@@ -391,6 +392,69 @@ def run_manager(manager_cls, config, client, batch, *, reward_loop_worker_handle
     )
     try:
         return manager.generate_sequences(batch)
+    finally:
+        for worker in manager.agent_loop_workers:
+            ray.kill(worker)
+
+
+def run_manager_v1(
+    manager_cls,
+    config,
+    client,
+    samples: Sequence[Mapping[str, Any]],
+    *,
+    reward_loop_worker_handles=None,
+    validate: bool = False,
+    global_steps: int = 1,
+    sampler_cls=None,
+    uids: Sequence[str] | None = None,
+):
+    """One rollout of veRL's V1 trainer, as ``PPOTrainer`` drives it, and the replay buffer's sample.
+
+    Starts TransferQueue in this Ray session (``tq.init()``, reused when running), registers each
+    prompt as the trainer does (tag ``{"is_prompt": True, "status": "pending", "global_steps"}``),
+    hands the prompt batch (a ``TensorDict`` built by veRL's ``tu.get_tensordict``, one row per
+    prompt) to ``manager_cls.create(...).generate_sequences``, then samples it back with
+    ``sampler_cls`` (default :class:`medvr_verl.replay_buffer.MedVRReplayBuffer`), which waits for
+    every group to turn terminal. Returns ``(meta, metrics, rows)``: the sampled ``KVBatchMeta``, the
+    sampler's metrics and all fields of the sampled rows (``tq.kv_batch_get``); the rows are cleared
+    from TransferQueue and the workers killed afterwards.
+    """
+    import ray
+    import transfer_queue as tq
+    from omegaconf import OmegaConf
+    from verl.utils import tensordict_utils as tu
+
+    from medvr_verl.replay_buffer import MedVRReplayBuffer
+
+    ensure_ray()
+    tq.init(OmegaConf.create({"backend": {"SimpleStorage": {"num_data_storage_units": 1}}}))
+    partition_id = "val" if validate else "train"
+    batch_dict = dict(make_agent_batch(samples, uids=uids).non_tensor_batch)
+    batch_dict.pop("priority", None)
+    batch = tu.get_tensordict(batch_dict)
+    tu.assign_non_tensor_data(batch, "global_steps", global_steps)
+    if validate:
+        tu.assign_non_tensor_data(batch, "validate", True)
+    tags = [{"is_prompt": True, "status": "pending", "global_steps": global_steps} for _ in range(len(batch))]
+    tq.kv_batch_put(keys=list(batch["uid"]), partition_id=partition_id, tags=tags)
+    manager = manager_cls.create(
+        config=config, llm_client=client, teacher_client=None, reward_loop_worker_handles=reward_loop_worker_handles
+    )
+    try:
+        manager.generate_sequences(batch)
+        sampler = (sampler_cls or MedVRReplayBuffer)(
+            trainer_mode="sync",
+            trainer_config={},
+            max_off_policy_threshold=None,
+            max_off_policy_strategy="drop",
+            sampler_kwargs={},
+            poll_interval=0.2,
+        )
+        meta, metrics = sampler.sample(global_steps=global_steps, partition_id=partition_id, batch_size=len(samples))
+        rows = tq.kv_batch_get(keys=meta.keys, partition_id=partition_id) if meta.keys else None
+        tq.kv_clear(keys=meta.keys, partition_id=partition_id)
+        return meta, metrics, rows
     finally:
         for worker in manager.agent_loop_workers:
             ray.kill(worker)

@@ -1,0 +1,301 @@
+"""MedVR rollout on veRL's V1 trainer: EVR forks and whole-group CCA inside the TransferQueue worker.
+
+Select with ``actor_rollout_ref.rollout.agent.agent_loop_manager_class=medvr_verl.agent_loop_tq.MedVRAgentLoopManagerTQ``
+(the MedVR recipes do). veRL's V1 worker (``verl/trainer/ppo/v1/agent_loop_tq.py``) already runs the
+``n`` sessions of one prompt in one worker (``_run_prompt``), writes each finished session as rows
+``{uid}_{session_id}_{index}`` and tags the uid ``finished``/``failure`` once every session settled.
+:class:`MedVRAgentLoopWorkerTQ` keeps that contract and changes three things:
+
+* **EVR** (training prompts on ``medvr_agent`` with ``n > 1``, ``rollout.custom.evr.enable``):
+  sessions ``0 .. ceil(n/2)-1`` are base trajectories; sessions ``ceil(n/2) .. n-1`` wait for them,
+  then fork from the zoom calls :func:`medvr_verl.rollout.plan_group_forks` picks (or start fresh,
+  the documented fallback). Exactly ``n`` sessions, ids ``0 .. n-1``. Validation and ``n = 1`` run
+  unforked. Fork state (the bases' ``AgentData``) stays in this process
+  (:data:`medvr_verl.agent_loop.TRAJECTORY_STORE`).
+* **Whole-group CCA** (reward manager ``medvr_cca`` with streaming reward workers): finished sessions
+  are held back; when all settled, the group goes to one reward worker in one call
+  (``meta_info["medvr_group"]``), then the rows are written, already scored. Any other reward manager
+  keeps veRL's per-session scoring and streaming writes. No reward is computed twice.
+* **Lean rows**: the process-local :class:`~medvr_verl.trajectory.TrajectoryRecord` (per-token
+  entropies, fork points) and the EVR kwargs never reach TransferQueue, nor does ``raw_prompt`` (its
+  decoded images) once the reward is computed; only veRL's colocated reward path reads it from rows.
+
+Rollout statistics (reward parts, CCA, zoom counts, EVR) go into the rows' TransferQueue tags under
+:data:`TAG_KEY`; :class:`medvr_verl.replay_buffer.MedVRReplayBuffer` turns the tags of each sampled
+batch into ``medvr/...`` step metrics (V1's channel from rollout to the logger).
+
+Failure: a session that raises is logged and leaves its group ``failure`` (veRL's ReplayBuffer still
+samples the remaining rows; ``trainer.v1.sampler.sync_refill_failed_groups`` replaces such groups
+instead). A failed base offers no fork points; forks planned from the other bases still run. A group
+scored with a member missing is marked ``cca_partial_group``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import os
+import random
+from typing import Any
+
+import numpy as np
+import ray
+import transfer_queue as tq
+from verl.experimental.agent_loop import AgentLoopOutput
+from verl.trainer.ppo.v1.agent_loop_tq import AgentLoopManagerTQ, AgentLoopWorkerTQ, apply_greedy_sampling_params
+
+from medvr_verl.agent_loop import RUNTIME_KWARGS, TRAJECTORY_STORE
+from medvr_verl.reward_manager import GROUP_EXPECTED_KEY, CCARewardSettings
+from medvr_verl.rollout import EVRSettings, is_medvr_agent, group_reward_data, plan_group_forks
+from medvr_verl.trajectory import FORK_KEY, RECORD_KEY
+
+logger = logging.getLogger(__name__)
+logger.setLevel(os.getenv("VERL_LOGGING_LEVEL", "WARN"))
+
+TAG_KEY = "medvr"
+"""TransferQueue tag of a row: ``{name: number}`` (reward parts, fork flag) and, on a group's first row,
+``"group": {name: [values]}`` (EVR statistics)."""
+
+#: reward_extra_info entries copied into row tags (numbers only; see :mod:`medvr_verl.reward_manager`)
+ROW_STATS = (
+    "acc",
+    "format",
+    "tool_reward",
+    "cca_iou",
+    "cca_quorum_size",
+    "cca_partial_group",
+    "num_zoom",
+    "num_zoom_invalid",
+)
+
+ASYNC_TRAINER_MODES = frozenset({"colocate_async", "separate_async"})
+
+# veRL's Ray actor class cannot be subclassed; veRL itself unwraps it the same way.
+_AgentLoopWorkerTQ = AgentLoopWorkerTQ.__ray_actor_class__
+
+
+def scores_groups(config) -> bool:
+    """Whether the configured reward manager scores a whole group in one call (``medvr_cca``)."""
+    manager = config.reward.get("reward_manager", None) or {}
+    return manager.get("name", None) == "medvr_cca"
+
+
+class _EVRGroup:
+    """One training prompt's EVR budget: ``ceil(n/2)`` bases, then forks planned once from them."""
+
+    def __init__(self, uid: str, size: int, worker: MedVRAgentLoopWorkerTQ, stats: dict[str, list[float]]):
+        self.size = size
+        self.num_base = math.ceil(size / 2)
+        self.base_keys = [f"{uid}/base{i}" for i in range(self.num_base)]
+        self._worker = worker
+        self._stats = stats
+        self._plan: asyncio.Task | None = None
+        for key in self.base_keys:
+            TRAJECTORY_STORE.expect(key)
+
+    def session_kwargs_for_base(self, session_id: int) -> dict[str, Any]:
+        return {"medvr_publish_key": self.base_keys[session_id]}
+
+    async def session_kwargs_for_fork(self, session_id: int) -> dict[str, Any]:
+        if self._plan is None:
+            self._plan = asyncio.ensure_future(self._make_plan())
+        choice = (await asyncio.shield(self._plan))[session_id - self.num_base]
+        if choice is None:
+            return {}
+        base, call = choice
+        return {"medvr_fork": {"source": self.base_keys[base], "call": call}}
+
+    async def _make_plan(self) -> list[tuple[int, int] | None]:
+        results = await asyncio.gather(*[TRAJECTORY_STORE.expect(k) for k in self.base_keys], return_exceptions=True)
+        states = [None if isinstance(r, BaseException) else r for r in results]
+        worker = self._worker
+        return plan_group_forks(states, self.size - self.num_base, worker.evr, worker.evr_rng, self._stats)
+
+    def close(self) -> None:
+        for key in self.base_keys:
+            TRAJECTORY_STORE.discard(key)
+
+
+class _PromptGroup:
+    """What ``_run_prompt`` tracks for one uid: held-back members and the rows written."""
+
+    def __init__(self, hold_for_group_reward: bool):
+        self.hold = hold_for_group_reward
+        self.members: list[tuple[list[AgentLoopOutput], dict]] = []
+        self.row_keys: list[str] = []
+        self.row_tags: list[dict] = []
+        self.stats: dict[str, list[float]] = {}
+
+
+class MedVRAgentLoopWorkerTQ(_AgentLoopWorkerTQ):
+    """veRL's V1 agent-loop worker with EVR forks, whole-group CCA and lean rows (module docstring)."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.evr = EVRSettings.from_config(self.config)
+        self.evr_rng = random.Random(self.evr.seed)
+        self.group_reward = scores_groups(self.config) and self.reward_loop_worker_handles is not None
+        self._groups: dict[str, _PromptGroup] = {}
+
+    async def _run_prompt(self, prompt: dict, sampling_params: dict, trajectory: dict, trace: bool = False) -> None:
+        uid, validate = prompt["uid"], trajectory["validate"]
+        partition_id = "val" if validate else "train"
+        await tq.async_kv_put(key=uid, partition_id=partition_id, tag={"status": "running"})
+        group = self._groups[uid] = _PromptGroup(self.group_reward)
+        evr_group: _EVRGroup | None = None
+        tasks: list[asyncio.Task] = []
+        status = "failure"
+        try:
+            rollout = self.config.actor_rollout_ref.rollout
+            n = int(prompt.pop("__rollout_n__", rollout.val_kwargs.n if validate else rollout.n))
+            run_params = dict(sampling_params)
+            if not validate and not prompt.pop("__do_sample__", True):
+                apply_greedy_sampling_params(run_params)
+            prompt.pop("__do_sample__", None)
+            if self._forks_group(prompt, n, validate):
+                evr_group = _EVRGroup(uid, n, self, group.stats)
+            tasks = [
+                asyncio.create_task(self._run_session(i, run_params, trajectory, trace, prompt, evr_group))
+                for i in range(n)
+            ]
+            errors = await _settle(tasks)
+            if group.hold:
+                try:
+                    await self._score_and_write_group(group, n, validate)
+                except Exception as e:
+                    errors.append(e)
+            if group.row_keys:
+                await self._tag_rows(group, partition_id)
+            for error in errors:
+                logger.error("medvr: session of uid=%s failed", uid, exc_info=(type(error), error, error.__traceback__))
+            status = "failure" if errors else "finished"
+        except Exception:
+            logger.exception("medvr: rollout of uid=%s failed", uid)
+            if tasks:
+                await _settle(tasks)
+        finally:
+            self._groups.pop(uid, None)
+            if evr_group is not None:
+                evr_group.close()
+        # terminal only after every row of the group is written (ReplayBuffer samples terminal groups)
+        await tq.async_kv_put(key=uid, partition_id=partition_id, tag={"status": status})
+
+    def _forks_group(self, prompt: dict, n: int, validate: bool) -> bool:
+        if not self.evr.enable or validate or n < 2:
+            return False
+        name = prompt.get("agent_name", self.config.actor_rollout_ref.rollout.agent.default_agent_loop)
+        if not is_medvr_agent(name):
+            logger.warning("EVR needs agent loop 'medvr_agent'; uid %s uses %r and runs unforked", prompt["uid"], name)
+            return False
+        return True
+
+    async def _run_session(self, session_id, sampling_params, trajectory, trace, prompt, evr_group):
+        extra: dict[str, Any] = {}
+        if evr_group is not None:
+            if session_id < evr_group.num_base:
+                extra = evr_group.session_kwargs_for_base(session_id)
+            else:
+                extra = await evr_group.session_kwargs_for_fork(session_id)
+        return await self._run_agent_loop(
+            sampling_params, trajectory=trajectory, trace=trace, session_id=session_id, **prompt, **extra
+        )
+
+    async def _agent_loop_postprocess(self, output, validate, **kwargs) -> None:
+        for key in RUNTIME_KWARGS:
+            kwargs.pop(key, None)
+        outputs = output if isinstance(output, list) else [output]
+        if not outputs:
+            return await super()._agent_loop_postprocess(outputs, validate, **kwargs)
+        for o in outputs:  # a new dict: a published base's AgentData still holds the record for its forks
+            o.extra_fields = {k: v for k, v in o.extra_fields.items() if k != RECORD_KEY}
+        group = self._groups.get(kwargs["uid"])
+        if group is not None and group.hold:
+            group.members.append((outputs, kwargs))
+            return None
+        await self._compute_score(outputs, kwargs=kwargs)
+        await self._write_rows(group, outputs, validate, kwargs)
+
+    async def _score_and_write_group(self, group: _PromptGroup, expected: int, validate: bool) -> None:
+        if not group.members:
+            return
+        data = group_reward_data([(outputs[-1], kwargs) for outputs, kwargs in group.members])
+        data.meta_info[GROUP_EXPECTED_KEY] = expected
+        handle = random.choice(self.reward_loop_worker_handles)
+        result = await handle.compute_score.remote(data)
+        per_member = result.get("medvr_group_rewards")
+        if per_member is None or len(per_member) != len(group.members):
+            raise RuntimeError("reward manager medvr_cca did not return one reward per group member")
+        for (outputs, kwargs), member in zip(group.members, per_member):
+            outputs[-1].reward_score = member["reward_score"]
+            outputs[-1].extra_fields["reward_extra_info"] = member["reward_extra_info"]
+            await self._write_rows(group, outputs, validate, kwargs)
+
+    async def _write_rows(self, group: _PromptGroup | None, outputs: list[AgentLoopOutput], validate, kwargs) -> None:
+        """veRL's own write (scores already set, so it computes none), minus ``raw_prompt``."""
+        if self.reward_loop_worker_handles is not None:
+            kwargs = {k: v for k, v in kwargs.items() if k != "raw_prompt"}
+        await super()._agent_loop_postprocess(outputs, validate, **kwargs)
+        if group is not None:
+            uid, session_id = kwargs["uid"], kwargs["session_id"]
+            tag = _row_tag(outputs[-1])
+            for i in range(len(outputs)):
+                group.row_keys.append(f"{uid}_{session_id}_{i}")
+                group.row_tags.append(tag)
+
+    async def _tag_rows(self, group: _PromptGroup, partition_id: str) -> None:
+        tags = [{TAG_KEY: dict(tag)} for tag in group.row_tags]
+        if group.stats:
+            tags[0][TAG_KEY]["group"] = {name: list(values) for name, values in group.stats.items()}
+        await tq.async_kv_batch_put(keys=group.row_keys, partition_id=partition_id, tags=tags)
+
+
+def _row_tag(output: AgentLoopOutput) -> dict[str, float]:
+    info = output.extra_fields.get("reward_extra_info") or {}
+    tag = {}
+    for name in ROW_STATS:
+        value = info.get(name)
+        if isinstance(value, bool | int | float | np.number) and math.isfinite(float(value)):
+            tag[name] = float(value)
+    tag["fork"] = float(output.extra_fields.get(FORK_KEY) is not None)
+    return tag
+
+
+async def _settle(tasks: list[asyncio.Task]) -> list[BaseException]:
+    results = await asyncio.gather(*tasks, return_exceptions=True)
+    return [r for r in results if isinstance(r, BaseException)]
+
+
+class MedVRAgentLoopManagerTQ(AgentLoopManagerTQ):
+    """veRL's V1 ``AgentLoopManagerTQ`` with :class:`MedVRAgentLoopWorkerTQ` workers.
+
+    Refuses, before the first step, settings that cannot work on V1: EVR under an async trainer mode
+    (veRL's async LLM client drops per-token entropy) and ``tool_reward: consensus`` without streaming
+    reward workers (veRL then scores rows one by one after sampling, with no group in sight).
+    """
+
+    worker_cls = MedVRAgentLoopWorkerTQ
+
+    def __init__(self, config, *args, reward_loop_worker_handles=None, **kwargs):
+        check_v1_settings(config, reward_loop_worker_handles)
+        super().__init__(config, *args, reward_loop_worker_handles=reward_loop_worker_handles, **kwargs)
+        self.agent_loop_workers_class = ray.remote(self.worker_cls)
+
+
+def check_v1_settings(config, reward_loop_worker_handles) -> None:
+    """Raise ``ValueError`` with the setting to change when MedVR cannot run as configured on V1."""
+    mode = config.trainer.get("v1", {}).get("trainer_mode", "sync")
+    evr = EVRSettings.from_config(config)
+    default_agent = config.actor_rollout_ref.rollout.agent.default_agent_loop
+    if mode in ASYNC_TRAINER_MODES and evr.enable and is_medvr_agent(default_agent):
+        raise ValueError(
+            f"EVR needs per-token entropy, which veRL's {mode} LLM client drops: set "
+            "actor_rollout_ref.rollout.custom.evr.enable=false, or trainer.v1.trainer_mode=sync"
+        )
+    if scores_groups(config) and reward_loop_worker_handles is None:
+        if CCARewardSettings.from_config(config).tool_reward == "consensus":
+            raise ValueError(
+                "reward.reward_kwargs.tool_reward=consensus needs veRL's streaming reward workers, but "
+                "this run scores rewards after sampling (colocated reward model): set "
+                "reward.reward_model.enable_resource_pool=true or choose another tool_reward"
+            )

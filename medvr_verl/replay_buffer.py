@@ -1,0 +1,63 @@
+"""veRL V1 replay buffers that report MedVR's rollout statistics as step metrics.
+
+Select with ``trainer.v1.sampler.custom_sampler={path: pkg://medvr_verl.replay_buffer, name: MedVRReplayBuffer}``
+(the MedVR recipes do; ``MedVRReplayBufferAsync`` for the async trainer modes). Sampling is veRL's
+own; on top, each sampled batch's TransferQueue row tags (written by
+:class:`medvr_verl.agent_loop_tq.MedVRAgentLoopWorkerTQ`, see ``TAG_KEY`` there) become metrics:
+
+* ``medvr/<name>/mean`` of the reward parts over the batch's rows: ``acc``, ``format``,
+  ``tool_reward``, ``cca_iou``, ``cca_quorum_size``, ``num_zoom``, ``num_zoom_invalid``, and ``fork``
+  (the share of rows that are EVR forks); ``medvr/cca_partial_group/count``;
+* ``medvr/evr/<name>/{mean,max,sum}`` over the batch's groups: ``fork_rate``, ``delta_h``,
+  ``qualified_points``, ``fork_depth_tokens``, ``prefix_tokens_reused``.
+
+veRL adds what ``sample`` returns to the step's metrics (``PPOTrainer._step_once``). veRL passes a
+custom sampler only its base arguments: DAPO group filtering (``algorithm.filter_groups``) is not
+available with these samplers.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from verl.trainer.ppo.v1.replay_buffer import ReplayBuffer, ReplayBufferAsync
+
+from medvr_verl.agent_loop_tq import TAG_KEY
+
+
+def rollout_metrics(tags: list[dict]) -> dict[str, float]:
+    """``medvr/...`` metrics of a batch from its rows' tags (rows without MedVR tags are skipped)."""
+    rows = [tag[TAG_KEY] for tag in tags if isinstance(tag, dict) and isinstance(tag.get(TAG_KEY), dict)]
+    metrics: dict[str, float] = {}
+    if not rows:
+        return metrics
+    names = sorted({name for row in rows for name in row if name != "group"})
+    for name in names:
+        values = [row[name] for row in rows if name in row]
+        if name == "cca_partial_group":
+            metrics["medvr/cca_partial_group/count"] = float(np.sum(values))
+        else:
+            metrics[f"medvr/{name}/mean"] = float(np.mean(values))
+    per_group: dict[str, list[float]] = {}
+    for row in rows:
+        for name, values in (row.get("group") or {}).items():
+            per_group.setdefault(name, []).extend(float(v) for v in values)
+    for name, values in per_group.items():
+        if values:
+            metrics[f"medvr/{name}/mean"] = float(np.mean(values))
+            metrics[f"medvr/{name}/max"] = float(np.max(values))
+            metrics[f"medvr/{name}/sum"] = float(np.sum(values))
+    return metrics
+
+
+class _RolloutMetricsMixin:
+    def sample(self, global_steps: int, partition_id: str, batch_size: int):
+        batch, metrics = super().sample(global_steps=global_steps, partition_id=partition_id, batch_size=batch_size)
+        return batch, {**metrics, **rollout_metrics(batch.tags)}
+
+
+class MedVRReplayBuffer(_RolloutMetricsMixin, ReplayBuffer):
+    """veRL's sync-mode ``ReplayBuffer`` plus ``medvr/...`` rollout metrics."""
+
+
+class MedVRReplayBufferAsync(_RolloutMetricsMixin, ReplayBufferAsync):
+    """veRL's async-mode ``ReplayBufferAsync`` plus ``medvr/...`` rollout metrics."""

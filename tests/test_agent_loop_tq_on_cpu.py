@@ -1,0 +1,240 @@
+"""MedVR on veRL's V1 trainer path: TransferQueue, the V1 agent-loop worker, the replay buffer, GRPO.
+
+Each run goes through veRL's own V1 code as ``PPOTrainer`` drives it (``run_manager_v1``): prompts
+registered in a real in-process TransferQueue, ``MedVRAgentLoopManagerTQ`` (or veRL's stock
+``AgentLoopManagerTQ``) with Ray workers and the scripted server, real ``medvr_cca`` reward workers,
+then veRL's ``ReplayBuffer`` sampling (this plugin's subclass adds metrics) and the rows read back.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import verl  # noqa: F401  (loads the plugin)
+from cca_script import MC, VARIANTS, cca_config, chest_image, make_script, variant_of
+from evr_script import EVRScript, base_index
+from verl.trainer.ppo.core_algos import compute_grpo_outcome_advantage
+from verl.trainer.ppo.v1 import AgentLoopManagerTQ
+
+from medvr_verl.agent_loop_tq import MedVRAgentLoopManagerTQ, check_v1_settings
+from medvr_verl.testing.harness import make_sample, run_manager_v1
+from medvr_verl.testing.scripted_server import ScriptedLLMClient
+from medvr_verl.testing.scripting import is_fork_request
+
+pytestmark = pytest.mark.vl_stack
+NO_EVR = "+actor_rollout_ref.rollout.custom={evr: {enable: false}}"
+EVR = "+actor_rollout_ref.rollout.custom={evr: {gamma: 0.5, p_base: 0.0, threshold: 0.5, seed: 0}}"
+
+
+def _samples(count, question="Which lung?", agent_name="medvr_agent"):
+    return [
+        {
+            **make_sample(f"[script:p{i}] {question}", images=[chest_image()], extra_info=MC, ground_truth="A"),
+            "agent_name": agent_name,
+        }
+        for i in range(count)
+    ]
+
+
+def _by_uid(meta):
+    """``{uid: [(session_id, position), ...]}`` sorted by session, from the sampled keys."""
+    groups: dict[str, list[tuple[int, int]]] = {}
+    for pos, key in enumerate(meta.keys):
+        uid, session, index = key.rsplit("_", 2)
+        assert index == "0"  # medvr_agent leaves one output per session
+        groups.setdefault(uid, []).append((int(session), pos))
+    return {uid: sorted(rows) for uid, rows in groups.items()}
+
+
+def _text(rows, pos, tokenizer):
+    return tokenizer.decode(rows["responses"][pos], skip_special_tokens=True)
+
+
+def _scores(rows):
+    return [float(s.sum()) for s in rows["rm_scores"]]
+
+
+def _assert_cca_rewards(rows, group, tokenizer):
+    """Each variant's tool reward is the hand-worked one (cca_script), and only it tells the correct
+    variants' rewards apart (same answer, same format)."""
+    scores, tool = {}, {}
+    for _, pos in group:
+        variant = variant_of(_text(rows, pos, tokenizer))
+        scores[variant] = _scores(rows)[pos]
+        tool[variant] = rows["extra_fields"][pos]["reward_extra_info"]["tool_reward"]
+    assert tool == {k: v[3] for k, v in enumerate(VARIANTS)}
+    assert scores[0] == scores[1] == pytest.approx(scores[2] + 0.5) and scores[2] > scores[3]
+
+
+@pytest.fixture(scope="module")
+def cca_run(ray_session, tiny_model_path, reward_workers):
+    config = cca_config(tiny_model_path, NO_EVR, num_workers=2)
+    client = ScriptedLLMClient(config, script=make_script())
+    return run_manager_v1(
+        MedVRAgentLoopManagerTQ,
+        config,
+        client,
+        _samples(2),
+        reward_loop_worker_handles=reward_workers,
+    )
+
+
+def test_v1_group_is_scored_together_with_consensus(cca_run, tokenizer):
+    meta, metrics, rows = cca_run
+    groups = _by_uid(meta)
+    assert len(groups) == 2 and all([s for s, _ in g] == [0, 1, 2, 3] for g in groups.values())
+    for group in groups.values():
+        _assert_cca_rewards(rows, group, tokenizer)
+    for extra in rows["extra_fields"]:
+        info = extra["reward_extra_info"]
+        assert info["cca_group_size"] == 4 and info["cca_quorum_size"] == 3 and not info["cca_partial_group"]
+    assert metrics["medvr/acc/mean"] == pytest.approx(0.75)
+    assert metrics["medvr/tool_reward/mean"] == pytest.approx((1.0 + 1.0 + 0.5 + 0.0) / 4)
+    assert metrics["medvr/fork/mean"] == 0.0 and metrics["medvr/num_zoom/mean"] == 1.0
+
+
+def test_v1_rows_are_lean(cca_run):
+    _, _, rows = cca_run
+    assert "raw_prompt" not in rows.keys() and "multi_modal_data" not in rows.keys()
+    for extra in rows["extra_fields"]:
+        assert "medvr_trajectory" not in extra and "token_entropy" not in extra
+        assert extra["medvr_fork"] is None and len(extra["medvr_zoom_calls"]) == 1
+    assert not any(key.startswith("medvr_publish") or key == "medvr_fork" for key in rows.keys())
+
+
+def test_v1_rows_carry_both_images_and_mrope_positions(cca_run, tokenizer):
+    _, _, rows = cca_run
+    image_pad = tokenizer.convert_tokens_to_ids("<|image_pad|>")
+    for pos in range(len(rows["input_ids"])):
+        input_ids = rows["input_ids"][pos]
+        grid = rows["multi_modal_inputs"][pos]["image_grid_thw"]
+        assert grid.shape[0] == 2  # the question's image and the zoom crop
+        assert int((input_ids == image_pad).sum()) == int(grid.prod(-1).sum() // 4)
+        assert rows["position_ids"][pos].shape == (4, input_ids.shape[0])  # text + 3 mrope rows
+
+
+def test_grpo_advantages_group_by_uid_from_the_sampled_rows(cca_run):
+    meta, _, rows = cca_run
+    mask = rows["response_mask"].to_padded_tensor(padding=0)
+    scores = torch.zeros(mask.shape, dtype=torch.float32)
+    lengths = mask.shape[1]
+    for pos, s in enumerate(rows["rm_scores"]):
+        scores[pos, : s.shape[0]] = s[:lengths]
+    uids = np.array([key.rsplit("_", 2)[0] for key in meta.keys], dtype=object)
+    advantages, _ = compute_grpo_outcome_advantage(scores, mask, index=uids)
+    per_row = advantages.sum(-1) / mask.sum(-1)
+    for uid in set(uids):
+        rows_of_uid = np.flatnonzero(uids == uid)
+        assert float(per_row[rows_of_uid].mean()) == pytest.approx(0.0, abs=1e-4)
+        best = rows_of_uid[np.argmax([float(scores[i].sum()) for i in rows_of_uid])]
+        worst = rows_of_uid[np.argmin([float(scores[i].sum()) for i in rows_of_uid])]
+        assert per_row[best] > 0 > per_row[worst]
+
+
+@pytest.fixture(scope="module")
+def evr_run(ray_session, tiny_model_path, reward_workers):
+    config = cca_config(tiny_model_path, EVR, num_workers=2)
+    client = ScriptedLLMClient(config, script=EVRScript(tiny_model_path))
+    return run_manager_v1(
+        MedVRAgentLoopManagerTQ, config, client, _samples(2), reward_loop_worker_handles=reward_workers
+    )
+
+
+def test_v1_evr_two_bases_then_two_forks_per_group(evr_run, tokenizer):
+    meta, metrics, rows = evr_run
+    for group in _by_uid(meta).values():
+        assert [s for s, _ in group] == [0, 1, 2, 3]
+        forks = [rows["extra_fields"][pos]["medvr_fork"] for _, pos in group]
+        assert [f is not None for f in forks] == [False, False, True, True]
+        texts = [_text(rows, pos, tokenizer) for _, pos in group]
+        assert sorted(base_index(t) for t in texts[:2]) == [0, 1]
+        assert [base_index(t) for t in texts[2:]] == [1, 1]  # both forks from the unsure base
+        assert all("[98, 56, 196, 112]" in t for t in texts[2:])
+    assert metrics["medvr/evr/fork_rate/mean"] == 1.0 and metrics["medvr/fork/mean"] == 0.5
+    assert metrics["medvr/evr/delta_h/max"] > 0.5 and metrics["medvr/evr/prefix_tokens_reused/mean"] > 0
+
+
+def test_v1_validation_runs_n1_unforked(ray_session, tiny_model_path, reward_workers, tokenizer):
+    config = cca_config(tiny_model_path, EVR, "actor_rollout_ref.rollout.val_kwargs.n=1", num_workers=1)
+    client = ScriptedLLMClient(config, script=EVRScript(tiny_model_path))
+    meta, _, rows = run_manager_v1(
+        MedVRAgentLoopManagerTQ,
+        config,
+        client,
+        _samples(2),
+        reward_loop_worker_handles=reward_workers,
+        validate=True,
+    )
+    assert sorted(s for g in _by_uid(meta).values() for s, _ in g) == [0, 0]
+    assert all(extra["medvr_fork"] is None for extra in rows["extra_fields"])
+    assert all(extra["reward_extra_info"]["cca_group_size"] == 1 for extra in rows["extra_fields"])
+
+
+class _FailingForks(EVRScript):
+    def __call__(self, ctx):
+        if is_fork_request(ctx.text):
+            raise RuntimeError("server lost the fork")
+        return super().__call__(ctx)
+
+
+def test_v1_group_with_a_failed_fork_is_failure_and_keeps_its_other_rows(
+    ray_session, tiny_model_path, reward_workers, tokenizer
+):
+    import transfer_queue as tq
+
+    config = cca_config(tiny_model_path, EVR, num_workers=1)
+    client = ScriptedLLMClient(config, script=_FailingForks(tiny_model_path))
+    seen = {}
+
+    class Spy:  # veRL's ReplayBuffer samples failed groups; record their status before it clears them
+        def __init__(self, **kwargs):
+            from medvr_verl.replay_buffer import MedVRReplayBuffer
+
+            self.inner = MedVRReplayBuffer(**kwargs)
+
+        def sample(self, **kwargs):
+            out = self.inner.sample(**kwargs)
+            seen["failure"] = set(self.inner.failure_keys[kwargs["partition_id"]])
+            return out
+
+    meta, metrics, rows = run_manager_v1(
+        MedVRAgentLoopManagerTQ,
+        config,
+        client,
+        _samples(1),
+        reward_loop_worker_handles=reward_workers,
+        sampler_cls=Spy,
+    )
+    (uid,) = _by_uid(meta)
+    assert seen["failure"] == {uid}
+    assert [s for s, _ in _by_uid(meta)[uid]] == [0, 1]  # the bases; both forks failed
+    for extra in rows["extra_fields"]:
+        info = extra["reward_extra_info"]
+        assert info["cca_partial_group"] and info["cca_group_size"] == 2
+    assert metrics["medvr/cca_partial_group/count"] == 2
+    assert tq.kv_list("train").get("train", {}) == {}
+
+
+def test_medvr_cca_in_stock_v1_tool_agent_setup(ray_session, tiny_model_path, reward_workers, tokenizer):
+    """veRL's own AgentLoopManagerTQ + tool_agent, only the reward manager is medvr_cca (Ray broker)."""
+    config = cca_config(tiny_model_path, NO_EVR, num_workers=1)
+    client = ScriptedLLMClient(config, script=make_script())
+    samples = _samples(1, "Which lung, stock?", agent_name="tool_agent")
+    meta, metrics, rows = run_manager_v1(
+        AgentLoopManagerTQ, config, client, samples, reward_loop_worker_handles=reward_workers
+    )
+    (group,) = _by_uid(meta).values()
+    _assert_cca_rewards(rows, group, tokenizer)
+    assert not any(key.startswith("medvr/") for key in metrics)  # stock rows carry no MedVR tags
+
+
+def test_v1_refuses_what_cannot_work_before_step_one(tiny_model_path):
+    config = cca_config(tiny_model_path, EVR, "actor_rollout_ref.rollout.agent.default_agent_loop=medvr_agent")
+    config.trainer.v1.trainer_mode = "colocate_async"
+    with pytest.raises(ValueError, match="evr.enable=false"):
+        check_v1_settings(config, reward_loop_worker_handles=["worker"])
+    config.trainer.v1.trainer_mode = "sync"
+    check_v1_settings(config, reward_loop_worker_handles=["worker"])
+    with pytest.raises(ValueError, match="tool_reward=consensus"):
+        check_v1_settings(config, reward_loop_worker_handles=None)
