@@ -39,7 +39,7 @@ BANNER = (
 _BOX = re.compile(r'"bbox_2d": \[([^\]]*)\]')
 _ANSWER = re.compile(r"<answer>(.*?)</answer>", re.S)
 # veRL console lines worth showing live (the rest goes to main_ppo.log)
-_SHOW = re.compile(r"step:\d+ - |Training Progress|\[medvr_cpu|Error|Traceback|Final validation")
+_SHOW = re.compile(r"step:\d+ - |Training Progress|\[medvr_cpu|Traceback|^\w*Error|Error: |Final validation")
 METRICS = (
     ("actor/grad_norm", "grad_norm"),
     ("actor/kl_loss", "kl_loss"),
@@ -51,12 +51,18 @@ METRICS = (
 )
 
 
-class PeakRSS:
-    """Samples the summed RSS of a process and all its descendants (Ray's raylet, GCS and workers)."""
+class PeakMemory:
+    """Samples the memory of a process and all its descendants (Ray's raylet, GCS and workers).
 
-    def __init__(self, pid: int, interval: float = 0.5):
+    ``peak``: the largest sum over the tree of each process's proportional set size (PSS: a page
+    shared by k processes counts 1/k in each), i.e. the tree's resident memory with shared pages
+    (torch's libraries, Ray's object store) counted once. ``peak_rss_sum``: the largest plain sum of
+    per-process RSS, which counts every shared page once per process that maps it.
+    """
+
+    def __init__(self, pid: int, interval: float = 1.0):
         self.pid, self.interval = pid, interval
-        self.peak = 0
+        self.peak = self.peak_rss_sum = 0
         self.peak_processes = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
@@ -69,23 +75,25 @@ class PeakRSS:
         self._stop.set()
         self._thread.join()
 
-    def sample(self) -> int:
+    def sample(self) -> None:
         import psutil
 
         try:
             root = psutil.Process(self.pid)
             procs = [root, *root.children(recursive=True)]
         except psutil.NoSuchProcess:
-            return 0
-        total = 0
+            return
+        pss = rss = 0
         for proc in procs:
             try:
-                total += proc.memory_info().rss
+                info = proc.memory_full_info()
             except psutil.Error:
-                pass
-        if total > self.peak:
-            self.peak, self.peak_processes = total, len(procs)
-        return total
+                continue
+            pss += getattr(info, "pss", info.rss)
+            rss += info.rss
+        if pss > self.peak:
+            self.peak, self.peak_processes = pss, len(procs)
+        self.peak_rss_sum = max(self.peak_rss_sum, rss)
 
     def _run(self):
         while not self._stop.is_set():
@@ -94,7 +102,7 @@ class PeakRSS:
 
 
 def run_training(out: Path, steps: int, save_freq: int, resume: bool = False, metrics: str = "metrics.jsonl"):
-    """``python -m verl.trainer.main_ppo`` (CPU overlay, scripted policy); returns (returncode, peak RSS, s)."""
+    """``python -m verl.trainer.main_ppo`` (CPU overlay, scripted policy); returns (returncode, PeakMemory, s)."""
     from medvr_verl.cpu import tiny_run
     from medvr_verl.testing.tiny_qwen25vl import tiny_qwen25vl_path
 
@@ -114,7 +122,7 @@ def run_training(out: Path, steps: int, save_freq: int, resume: bool = False, me
             text=True,
             bufsize=1,
         )
-        with PeakRSS(proc.pid) as rss:
+        with PeakMemory(proc.pid) as memory:
             for line in proc.stdout:
                 log.write(line)
                 if _SHOW.search(line):
@@ -124,7 +132,7 @@ def run_training(out: Path, steps: int, save_freq: int, resume: bool = False, me
     if code != 0:
         print(f"main_ppo failed (exit {code}); last lines of {log_path}:", file=sys.stderr)
         print("".join(log_path.read_text().splitlines(keepends=True)[-60:]), file=sys.stderr)
-    return code, rss.peak, elapsed
+    return code, memory, elapsed
 
 
 def read_rollouts(out: Path) -> list[dict]:
@@ -184,8 +192,9 @@ def _add_advantages_and_cca(table: list[dict]) -> None:
         result = consensus_credit(
             [[m["box"]] if m["box"] else [] for m in members], [m["answer"] == m["gt"] for m in members]
         )
-        for m, iou in zip(members, result.ious):
+        for m, iou, tool in zip(members, result.ious, result.rewards):
             m["IoU"] = iou
+            m["R_tool"] = float(tool)
             m["consensus"] = result.consensus
 
 
@@ -245,7 +254,7 @@ def write_overlays(table: list[dict], out: Path, viz_dir: Path) -> list[Path]:
                 boxes=[(0, tuple(m["box"]))] if m["box"] else [],
                 correct=m["answer"] == m["gt"],
                 reward=m["R"],
-                tool_reward=0.0,
+                tool_reward=m["R_tool"],
                 iou=m["IoU"] if m["answer"] == m["gt"] and m["box"] else None,
                 label=f"#{m['traj']} {m['kind']}",
             )
@@ -288,7 +297,7 @@ def main(argv: list[str] | None = None) -> int:
         elif path.exists():
             path.unlink()
     print(BANNER, flush=True)
-    code, peak, elapsed = run_training(out, args.steps, args.save_freq)
+    code, memory, elapsed = run_training(out, args.steps, args.save_freq)
     if code != 0:
         return code
     table = read_rollouts(out)
@@ -305,7 +314,11 @@ def main(argv: list[str] | None = None) -> int:
         )
     pngs = write_overlays(table, out, out / "viz")
     print(f"\nOverlays of each group's zooms and CCA consensus: {len(pngs)} PNG(s) in {out / 'viz'}")
-    print(f"Peak memory (RSS, all processes of the run): {peak / 2**30:.2f} GB; main_ppo wall time {elapsed:.0f} s")
+    print(
+        f"Peak memory of the run: {memory.peak / 2**30:.2f} GB resident over all its {memory.peak_processes} "
+        f"processes (PSS sum: shared pages counted once; plain per-process RSS sum "
+        f"{memory.peak_rss_sum / 2**30:.2f} GB); main_ppo wall time {elapsed:.0f} s"
+    )
     print("(random weights, scripted text: the numbers show the mechanics of training, not a trained model)")
     return 0
 

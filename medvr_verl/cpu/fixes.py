@@ -7,6 +7,16 @@ Applied by :func:`medvr_verl.cpu.activate` only, i.e. only in processes started 
 from __future__ import annotations
 
 import functools
+import warnings
+
+
+def _import_engines():
+    """veRL's engine package, without its import-time warnings about optional engines (torchtitan,
+    megatron, ...) that every CPU process would otherwise print."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r".* engine is not available", category=UserWarning)
+        import verl.workers.engine  # noqa: F401
+        import verl.workers.engine_workers  # noqa: F401
 
 
 def fix_process_group_backend() -> None:
@@ -17,6 +27,7 @@ def fix_process_group_backend() -> None:
     The training workers bind the function by name at import (``from verl.utils.distributed import
     initialize_global_process_group_ray``), so the wrapper goes into both modules.
     """
+    _import_engines()
     import verl.utils.distributed as distributed
     import verl.workers.engine_workers as engine_workers
 
@@ -36,6 +47,7 @@ def fix_process_group_backend() -> None:
 def register_fsdp_engines_for_cpu() -> None:
     """veRL registers its FSDP engines for devices ``cuda`` and ``npu`` only; register the same classes
     for ``cpu`` through veRL's public ``EngineRegistry.register``."""
+    _import_engines()
     from verl.workers.engine import EngineRegistry
     from verl.workers.engine.fsdp import transformer_impl
 
