@@ -11,7 +11,9 @@ from hydra.core.global_hydra import GlobalHydra
 from omegaconf import OmegaConf
 from verl.trainer.ppo.utils import need_critic, need_reference_policy
 from verl.utils.config import omega_conf_to_dataclass, validate_config
-from verl.utils.import_utils import load_class_from_fqn
+from verl.trainer.ppo.v1 import AgentLoopManagerTQ
+from verl.trainer.ppo.v1.replay_buffer import ReplayBuffer
+from verl.utils.import_utils import load_class_from_fqn, load_extern_type
 
 from medvr_verl.reward_manager import CCARewardSettings
 from medvr_verl.rollout import EVRSettings
@@ -37,6 +39,13 @@ def _recipe_names(package):
 def test_every_recipe_file_is_covered():
     assert _recipe_names("medvr_verl.recipes.medvr") == sorted(MEDVR)
     assert _recipe_names("medvr_verl.recipes.medvlm_r1") == ["medvlm_r1"]
+
+
+def test_no_recipe_forces_the_legacy_trainer():
+    for package in ("medvr_verl.recipes.medvr", "medvr_verl.recipes.medvlm_r1"):
+        for path in resources.files(package).iterdir():
+            if path.name.endswith(".yaml"):
+                assert "use_v1" not in path.read_text(), path.name
 
 
 def compose_recipe(package, name, tiny_model_path):
@@ -76,15 +85,20 @@ def test_medvr_recipes(name, tiny_model_path):
     assert tool.name == "image_zoom_in_tool"
     cls = load_class_from_fqn(manager, "AgentLoopManager")
     expected = {
-        "medvr": ("EVRAgentLoopManager", True, "consensus", "medvr_vllm"),
-        "zoom": ("GroupAgentLoopManager", False, "correct", "vllm"),
-        "zoom_evr": ("EVRAgentLoopManager", True, "correct", "medvr_vllm"),
-        "zoom_cca": ("GroupAgentLoopManager", False, "consensus", "vllm"),
-        "tool_reward_none": ("EVRAgentLoopManager", True, "none", "medvr_vllm"),
-        "tool_reward_unconditional": ("EVRAgentLoopManager", True, "unconditional", "medvr_vllm"),
-        "tool_reward_correct": ("EVRAgentLoopManager", True, "correct", "medvr_vllm"),
+        "medvr": (True, "consensus", "medvr_vllm"),
+        "zoom": (False, "correct", "vllm"),
+        "zoom_evr": (True, "correct", "medvr_vllm"),
+        "zoom_cca": (False, "consensus", "vllm"),
+        "tool_reward_none": (True, "none", "medvr_vllm"),
+        "tool_reward_unconditional": (True, "unconditional", "medvr_vllm"),
+        "tool_reward_correct": (True, "correct", "medvr_vllm"),
     }[name]
-    assert (cls.__name__, evr.enable, settings.tool_reward, rollout.name) == expected
+    assert (evr.enable, settings.tool_reward, rollout.name) == expected
+    # veRL's V1 trainer (no legacy-trainer warning) with this plugin's V1 manager and replay buffer
+    assert config.trainer.use_v1 and config.trainer.v1.trainer_mode == "sync"
+    assert issubclass(cls, AgentLoopManagerTQ) and cls.__name__ == "MedVRAgentLoopManagerTQ"
+    sampler = config.trainer.v1.sampler.custom_sampler
+    assert issubclass(load_extern_type(sampler.path, sampler.name), ReplayBuffer)
     assert evr.gamma == 0.5 and settings.eta == 0.5 and rollout.n == 8
 
 
