@@ -1,9 +1,12 @@
 #!/usr/bin/env bash
-# The MedVR pipeline end to end on a CPU (random-weight tiny model): bash scripts/demo.sh [--out DIR]
+# MedVR training on a CPU: a real `python -m verl.trainer.main_ppo` run (recipe medvr + the CPU
+# overlay, random-weight tiny Qwen2.5-VL, scripted rollout text) -- bash scripts/demo.sh [--out DIR]
 #
-# Installs everything first (scripts/install.sh), then runs python -m medvr_verl.demo: rollout with
-# EVR forks, CCA rewards and GRPO advantages through the plugin's and veRL's real code, a summary
-# table, and PNG overlays of the zooms and consensus (default folder ./medvr_demo).
+# Installs everything first (scripts/install.sh), then runs python -m medvr_verl.demo: 2 training
+# steps of veRL's trainer with EVR forks, CCA rewards and a KL loss, the actor's weights synced into
+# the CPU rollout server every step; then a per-trajectory table and PNG overlays of each group's
+# zooms and consensus from the run's rollout dump, the training metrics, and the run's peak memory
+# (default folder ./medvr_demo).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # shellcheck source=scripts/install.sh

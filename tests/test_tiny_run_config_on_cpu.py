@@ -1,0 +1,84 @@
+"""The tiny-model main_ppo run's config (medvr_verl.cpu.tiny_run): the CPU and GPU runs compose from the
+same code against veRL's schema and differ only in the backend, so the CPU run guards the GPU config."""
+
+from __future__ import annotations
+
+import pytest
+from hydra import compose, initialize_config_module
+from hydra.core.global_hydra import GlobalHydra
+from omegaconf import OmegaConf
+from verl.trainer.ppo.utils import need_critic, need_reference_policy
+from verl.utils.config import validate_config
+
+from medvr_verl.cpu import tiny_run
+
+
+def _compose(overrides):
+    if GlobalHydra.instance().is_initialized():
+        GlobalHydra.instance().clear()
+    with initialize_config_module(config_module="medvr_verl.recipes.medvr", version_base=None):
+        config = compose(config_name="medvr", overrides=[o for o in overrides if not o.startswith("hydra.")])
+    validate_config(config, use_reference_policy=need_reference_policy(config), use_critic=need_critic(config))
+    return config
+
+
+def _flat(config, prefix=""):
+    out = {}
+    for key, value in config.items():
+        path = f"{prefix}{key}"
+        if isinstance(value, dict):
+            out.update(_flat(value, path + "."))
+        else:
+            out[path] = value
+    return out
+
+
+@pytest.fixture(scope="module")
+def configs(tiny_model_path, tmp_path_factory):
+    out = tmp_path_factory.mktemp("tiny_run")
+    data = out / "d.parquet"
+    return {
+        backend: _compose(tiny_run.command(tiny_model_path, data, out, backend=backend)[5:])
+        for backend in tiny_run.BACKENDS
+    }
+
+
+def test_both_backends_compose_and_validate(configs):
+    cpu, gpu = configs["cpu"], configs["gpu"]
+    assert cpu.actor_rollout_ref.rollout.name == "medvr_cpu" and gpu.actor_rollout_ref.rollout.name == "medvr_vllm"
+    assert cpu.trainer.device == "cpu" and gpu.trainer.device == "cuda"
+    assert cpu.actor_rollout_ref.actor.strategy == "fsdp2"
+    assert cpu.ray_kwargs.ray_init.runtime_env.env_vars.VERL_PLATFORM == "cpu"
+    for config in (cpu, gpu):
+        # the tiny model's prompts (~1,150 tokens) must survive veRL's filter_overlong_prompts
+        assert config.data.max_prompt_length >= 1536 and config.data.filter_overlong_prompts
+        assert config.trainer.n_gpus_per_node == 1 and config.actor_rollout_ref.rollout.tensor_model_parallel_size == 1
+        assert config.actor_rollout_ref.actor.use_kl_loss and config.algorithm.adv_estimator == "grpo"
+        assert config.actor_rollout_ref.rollout.custom.evr.enable
+
+
+def test_the_runs_differ_only_in_the_backend(configs):
+    cpu = _flat(OmegaConf.to_container(configs["cpu"], resolve=False))
+    gpu = _flat(OmegaConf.to_container(configs["gpu"], resolve=False))
+    differing = {key for key in cpu.keys() | gpu.keys() if cpu.get(key, "<absent>") != gpu.get(key, "<absent>")}
+    allowed_prefixes = (
+        "trainer.device",
+        "ray_kwargs.",
+        "transfer_queue.backend.SimpleStorage.",
+        "actor_rollout_ref.model.use_remove_padding",
+        "actor_rollout_ref.model.override_config.",
+        "actor_rollout_ref.actor.strategy",
+        "actor_rollout_ref.actor.use_torch_compile",
+        "actor_rollout_ref.actor.fsdp_config.",
+        "actor_rollout_ref.ref.",
+        "actor_rollout_ref.rollout.name",
+        "actor_rollout_ref.rollout.custom.cpu",
+        "actor_rollout_ref.rollout.data_parallel_size",
+        "actor_rollout_ref.rollout.pipeline_model_parallel_size",
+        "actor_rollout_ref.rollout.gpu_memory_utilization",
+        "actor_rollout_ref.rollout.enforce_eager",
+        "actor_rollout_ref.rollout.load_format",
+    )
+    assert differing and all(key.startswith(allowed_prefixes) for key in differing), sorted(
+        key for key in differing if not key.startswith(allowed_prefixes)
+    )
