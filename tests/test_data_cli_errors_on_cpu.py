@@ -198,3 +198,22 @@ def test_empty_images_are_skipped_by_the_converter(tmp_path):
 def test_source_file_error_is_a_value_error():
     assert isinstance(SourceFileError("/x/y.csv", "broken"), ValueError)
     assert "/x/y.csv" in str(SourceFileError("/x/y.csv", "broken"))
+
+
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+
+@settings(deadline=None, max_examples=150, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.lists(st.sampled_from(["afile", "adir", "new", "..", ".", "", " ", "x.parquet", "\u00e9", "a" * 300]), max_size=4))
+def test_check_output_path_fuzz(tmp_path, parts):
+    """Any output path is accepted or refused with a one-line ValueError; nothing is created."""
+    (tmp_path / "afile").write_text("x") if not (tmp_path / "afile").exists() else None
+    (tmp_path / "adir").mkdir(exist_ok=True)
+    before = set(os.listdir(tmp_path))
+    path = os.path.join(str(tmp_path), *parts) if parts else ""
+    try:
+        check_output_path(path)
+    except ValueError as exc:
+        assert "\n" not in str(exc) and str(exc)
+    assert set(os.listdir(tmp_path)) == before
