@@ -106,6 +106,15 @@ class CPURolloutServer:
         self._model = AutoModelForImageTextToText.from_pretrained(
             path, dtype=torch.float32, attn_implementation="sdpa", trust_remote_code=self.model_config.trust_remote_code
         ).eval()
+        # Sampling follows the request alone, as veRL's vLLM server does (veRL always sends temperature,
+        # top_p, top_k): HF's generate() would fill unset or default-valued fields from the checkpoint's
+        # generation_config.json (Qwen2.5-VL ships top_k=1, top_p=0.001 there), so keep only its stop ids.
+        from transformers import GenerationConfig
+
+        shipped = self._model.generation_config
+        self._model.generation_config = GenerationConfig(
+            eos_token_id=shipped.eos_token_id, pad_token_id=shipped.pad_token_id, bos_token_id=shipped.bos_token_id
+        )
         self.fingerprint = weights_fingerprint(self._model.state_dict().items())
         self._log(f"loaded {path} (policy {self.policy}), weights {self.fingerprint}")
 
@@ -251,7 +260,7 @@ class CPURolloutServer:
             do_sample=not greedy,
             temperature=None if greedy else temperature,
             top_p=None if greedy else float(params.get("top_p", 1.0)),
-            top_k=None if greedy or top_k <= 0 else top_k,
+            top_k=None if greedy else max(top_k, 0),  # vLLM's -1 (off) is HF's 0
             eos_token_id=None if params.get("ignore_eos") else stop,
             pad_token_id=self._processor.tokenizer.pad_token_id,
             repetition_penalty=float(params.get("repetition_penalty", 1.0) or 1.0),
