@@ -115,14 +115,19 @@ def test_bad_w_tool_is_a_configuration_error():
 
 
 _leaf = st.one_of(
-    st.none(), st.booleans(), st.integers(-(10**30), 10**30), st.floats(allow_nan=True, allow_infinity=True), st.text(max_size=4)
+    st.none(),
+    st.booleans(),
+    st.integers(-(10**30), 10**30),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.text(max_size=4),
 )
 _any = st.recursive(_leaf, lambda inner: st.lists(inner, max_size=5) | st.tuples(inner, inner), max_leaves=12)
+_coordinate = st.one_of(st.integers(0, 20), st.floats(allow_nan=True, allow_infinity=True))
 _box_entry = st.one_of(
     _any,
     st.tuples(
         st.one_of(st.integers(-2, 3), _leaf),
-        st.one_of(st.tuples(*[st.one_of(st.integers(0, 20), st.floats(allow_nan=True, allow_infinity=True))] * 4), _any),
+        st.one_of(st.tuples(*[_coordinate] * 4), _any),
     ),
 )
 _member = st.builds(
@@ -148,7 +153,9 @@ def test_a_members_junk_boxes_do_not_change_others(members, junk):
     """Appending boxes to member 0 changes others' rewards only through the valid ones it adds."""
     base = group_rewards(members, "consensus")
     extra = [e for e in junk if not clean_boxes([e])]  # keep only what validation refuses
-    hostile = [MemberOutcome(members[0].base_score, members[0].acc, [*clean_boxes(members[0].boxes), *extra]), *members[1:]]
-    base2 = group_rewards([MemberOutcome(members[0].base_score, members[0].acc, clean_boxes(members[0].boxes)), *members[1:]], "consensus")
+    first = members[0]
+    hostile = [MemberOutcome(first.base_score, first.acc, [*clean_boxes(first.boxes), *extra]), *members[1:]]
+    cleaned = [MemberOutcome(first.base_score, first.acc, clean_boxes(first.boxes)), *members[1:]]
+    base2 = group_rewards(cleaned, "consensus")
     assert group_rewards(hostile, "consensus").members == base2.members
     assert base.members == base2.members

@@ -12,6 +12,8 @@ import sys
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from PIL import Image
 
 from medvr_verl.data.cli import main
@@ -123,8 +125,12 @@ def test_non_utf8_csv_names_the_file(tmp_path, capsys):
     header += ["Answer", "Answer_label"]
     buf = io.StringIO()
     csv.writer(buf).writerows([header, [0, "f.png", "c", "q?", "A:x", "B:y", "C:z", "D:w", "x", "A"]])
-    for name, data in (("test.csv", buf.getvalue().encode("latin-1") + "1,f.png,caf\xe9,q?,A:x,B:y,C:z,D:w,x,A\n".encode("latin-1")),
-                       ("train.csv", "\xe9".encode("latin-1") + buf.getvalue().encode())):
+    latin_row = "1,f.png,caf\xe9,q?,A:x,B:y,C:z,D:w,x,A\n".encode("latin-1")
+    files = (
+        ("test.csv", buf.getvalue().encode("latin-1") + latin_row),
+        ("train.csv", b"\xe9" + buf.getvalue().encode()),
+    )
+    for name, data in files:
         (root / name).write_bytes(data)
     for split, name in (("test", "test.csv"), ("train", "train.csv")):
         out = tmp_path / f"{split}.parquet"
@@ -165,7 +171,8 @@ def test_cli_subprocess_has_no_traceback(tmp_path, release):
 
 
 def test_check_output_path_accepts_new_folders(tmp_path):
-    assert check_output_path(tmp_path / "new" / "deeper" / "x.parquet") == str(tmp_path / "new" / "deeper" / "x.parquet")
+    target = tmp_path / "new" / "deeper" / "x.parquet"
+    assert check_output_path(target) == str(target)
     assert not (tmp_path / "new").exists()  # nothing created by the check
 
 
@@ -200,12 +207,11 @@ def test_source_file_error_is_a_value_error():
     assert "/x/y.csv" in str(SourceFileError("/x/y.csv", "broken"))
 
 
-from hypothesis import HealthCheck, given, settings  # noqa: E402
-from hypothesis import strategies as st  # noqa: E402
+_PARTS = ["afile", "adir", "new", "..", ".", "", " ", "x.parquet", "\u00e9", "a" * 300]
 
 
 @settings(deadline=None, max_examples=150, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(st.lists(st.sampled_from(["afile", "adir", "new", "..", ".", "", " ", "x.parquet", "\u00e9", "a" * 300]), max_size=4))
+@given(st.lists(st.sampled_from(_PARTS), max_size=4))
 def test_check_output_path_fuzz(tmp_path, parts):
     """Any output path is accepted or refused with a one-line ValueError; nothing is created."""
     (tmp_path / "afile").write_text("x") if not (tmp_path / "afile").exists() else None

@@ -38,12 +38,17 @@ def test_lenient_column_is_extra():
     assert m["acc"] == 0.5 and m["acc_lenient"] == 1.0
 
 
-_leaf = st.one_of(st.none(), st.booleans(), st.integers(-5, 50), st.floats(allow_nan=True, allow_infinity=True), st.text(max_size=3))
+_leaf = st.one_of(
+    st.none(), st.booleans(), st.integers(-5, 50), st.floats(allow_nan=True, allow_infinity=True), st.text(max_size=3)
+)
 _any = st.recursive(_leaf, lambda inner: st.lists(inner, max_size=6), max_leaves=25)
 
 
+_RECORD = st.fixed_dictionaries({"zoom_boxes": _any, "consensus": _any, "gt_boxes": _any, "uid": _leaf})
+
+
 @settings(deadline=None, max_examples=200)
-@given(st.lists(st.fixed_dictionaries({"zoom_boxes": _any, "consensus": _any, "gt_boxes": _any, "uid": _leaf}), max_size=5))
+@given(st.lists(_RECORD, max_size=5))
 def test_grounding_metrics_never_raise(records):
     out = grounding_metrics(records)
     assert out is None or out["n_with_gt"] >= 1

@@ -488,7 +488,8 @@ def test_format_defaults_and_bad_settings():
     assert compute_score("d", "<answer>liver</answer>", "liver")["score"] == pytest.approx(1.0 - DEFAULT_FORMAT_WEIGHT)
     assert compute_score("d", good, "liver", format_mode="bonus", format_weight=1.0)["score"] == 2.0
     assert compute_score("d", good, "liver", format_mode=None, format_weight=None)["score"] == 1.0
-    for bad in ({"format_mode": "bonus!"}, {"format_weight": -1}, {"format_weight": float("nan")}, {"format_weight": "x"}):
+    bads = ({"format_mode": "bonus!"}, {"format_weight": -1}, {"format_weight": float("nan")}, {"format_weight": "x"})
+    for bad in bads:
         with pytest.raises(ValueError):
             compute_score("d", good, "liver", **bad)
 
@@ -523,13 +524,17 @@ _json_leaf = st.one_of(
     st.none(), st.booleans(), st.integers(-(10**20), 10**20), st.floats(allow_nan=True), st.text(max_size=6)
 )
 _json = st.recursive(
-    _json_leaf, lambda inner: st.lists(inner, max_size=30) | st.dictionaries(st.text(max_size=4), inner, max_size=5), max_leaves=40
+    _json_leaf,
+    lambda inner: st.lists(inner, max_size=30) | st.dictionaries(st.text(max_size=4), inner, max_size=5),
+    max_leaves=40,
 )
 
 
 @settings(deadline=None, max_examples=300)
 @given(
-    st.one_of(st.text(max_size=60), _json, st.builds(lambda a: f"<think>x</think><answer>{a}</answer>", st.text(max_size=20))),
+    st.one_of(
+        st.text(max_size=60), _json, st.builds(lambda a: f"<think>x</think><answer>{a}</answer>", st.text(max_size=20))
+    ),
     _json,
     st.one_of(_json, st.fixed_dictionaries({"question_type": _json, "options": _json})),
 )
@@ -582,6 +587,7 @@ def test_adversarial_scorers_direct():
 
 _word = st.text(alphabet="abcdefghijklmnopqrstuvwxyz0123456789", min_size=1, max_size=8)
 _phrase = st.lists(_word, min_size=1, max_size=3).map(" ".join)
+_yes_no = st.sampled_from(sorted(YES_WORDS | NO_WORDS))
 _HEDGES = (
     "{gt} or {other}",
     "{other} or {gt}",
@@ -611,7 +617,7 @@ def test_no_hedged_answer_is_ever_correct(gt, other, more, template, qtype):
 
 
 @settings(deadline=None, max_examples=200)
-@given(st.sampled_from(sorted(YES_WORDS | NO_WORDS)), st.sampled_from(sorted(YES_WORDS | NO_WORDS)), st.sampled_from(_HEDGES))
+@given(_yes_no, _yes_no, st.sampled_from(_HEDGES))
 def test_closed_hedges_are_wrong(gt, other, template):
     pred = template.format(gt=gt, other=other, more="maybe")
     for truth in ("yes", "no"):
@@ -632,7 +638,10 @@ def test_number_fragments_are_wrong(a, b, template):
 
 
 @settings(deadline=None, max_examples=200)
-@given(st.lists(st.sampled_from("ABCDE"), min_size=2, max_size=4, unique=True), st.sampled_from([", ", " or ", " and ", " "]))
+@given(
+    st.lists(st.sampled_from("ABCDE"), min_size=2, max_size=4, unique=True),
+    st.sampled_from([", ", " or ", " and ", " "]),
+)
 def test_multiple_choice_naming_two_options_is_wrong(letters, sep):
     options = {k: f"option {k.lower()}" for k in "ABCDE"}
     pred = sep.join(letters)

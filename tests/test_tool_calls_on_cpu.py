@@ -81,7 +81,13 @@ from medvr_verl.tool_calls import (  # noqa: E402
     MAX_IMAGE_INDEX,
 )
 
-_GOOD = {"valid": True, "image_index": 0, "root_image_index": 0, "bbox_original": [1, 2, 3, 4], "bbox_root": [1, 2, 3, 4]}
+_GOOD = {
+    "valid": True,
+    "image_index": 0,
+    "root_image_index": 0,
+    "bbox_original": [1, 2, 3, 4],
+    "bbox_root": [1, 2, 3, 4],
+}
 
 
 @pytest.mark.parametrize(

@@ -60,7 +60,9 @@ def _read_system_prompt(path: str) -> str:
         with open(path, encoding="utf-8") as fh:
             return fh.read().strip()
     except UnicodeDecodeError as exc:
-        raise UsageError(f"--system-prompt-file {path!r} is not UTF-8 text (offset {exc.start}); re-save it as UTF-8") from None
+        raise UsageError(
+            f"--system-prompt-file {path!r} is not UTF-8 text (offset {exc.start}); re-save it as UTF-8"
+        ) from None
     except OSError as exc:
         raise UsageError(f"--system-prompt-file {path!r} cannot be read: {exc.strerror or exc}") from None
 

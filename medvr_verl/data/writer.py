@@ -359,7 +359,8 @@ def check_output_path(out_path: str | os.PathLike) -> str:
         raise ValueError("the output path is empty; give a .parquet file path")
     path = os.path.abspath(raw)
     if os.path.isdir(path) or raw.endswith(("/", os.sep)):
-        raise ValueError(f"the output {raw!r} is a folder; give a file path such as {os.path.join(raw, 'out.parquet')!r}")
+        example = os.path.join(raw, "out.parquet")
+        raise ValueError(f"the output {raw!r} is a folder; give a file path such as {example!r}")
     parent = os.path.dirname(path)
     probe = parent
     while not os.path.exists(probe):

@@ -172,7 +172,9 @@ def model_input_size(
         and width >= 1
         and height >= 1
     ):
-        raise ValueError(f"the image is empty or has no usable size ({width}x{height} pixels); it cannot be shown or zoomed")
+        raise ValueError(
+            f"the image is empty or has no usable size ({width}x{height} pixels); it cannot be shown or zoomed"
+        )
     if max(height, width) / min(height, width) > MAX_ASPECT_RATIO:
         raise ValueError(
             f"absolute aspect ratio must be smaller than {MAX_ASPECT_RATIO}, "
