@@ -112,10 +112,11 @@ def test_bad_limit_is_one_line(tmp_path, release, capsys):
 
 def test_non_utf8_jsonl_names_the_file(tmp_path, release, capsys):
     (release / "MM" / "test.jsonl").write_bytes(b'{"id": "MM-0", "question": "caf\xe9"}\n')
-    out = tmp_path / "out.parquet"
+    out = tmp_path / "new" / "deeper" / "out.parquet"
     code, err = _run(capsys, "medxpertqa", release, out, "--split", "test")
     line = _one_line_error(err)
     assert code == 2 and "test.jsonl" in line and "UTF-8" in line and not out.exists()
+    assert not (tmp_path / "new").exists()  # the folders made for the output are gone again
 
 
 def test_non_utf8_csv_names_the_file(tmp_path, capsys):

@@ -375,6 +375,27 @@ def check_output_path(out_path: str | os.PathLike) -> str:
     return path
 
 
+def _missing_folders(folder: str) -> list[str]:
+    """The folders ``os.makedirs(folder)`` would create, deepest first."""
+    missing = []
+    while folder and not os.path.exists(folder):
+        missing.append(folder)
+        parent = os.path.dirname(folder)
+        if parent == folder:
+            break
+        folder = parent
+    return missing
+
+
+def _remove_empty(folders: list[str]) -> None:
+    """Remove the folders this run created (deepest first) while they are empty."""
+    for folder in folders:
+        try:
+            os.rmdir(folder)
+        except OSError:
+            return
+
+
 def write_records(
     records: Iterable[Record],
     out_path: str | os.PathLike,
@@ -410,10 +431,12 @@ def write_records(
     loader = _ImageLoader(embed=embed_images, max_image_pixels=max_image_pixels, report=report)
     start = time.monotonic()
 
+    created = _missing_folders(out_dir)  # removed again when the conversion fails: nothing is left
     try:
         os.makedirs(out_dir, exist_ok=True)
         fd, tmp_path = tempfile.mkstemp(dir=out_dir, prefix=f".{os.path.basename(out_path)}.", suffix=".tmp")
     except OSError as exc:
+        _remove_empty(created)
         raise ValueError(f"cannot write {out_path!r}: {exc.strerror or exc}; choose a writable output path") from None
     os.close(fd)
     writer = None
@@ -475,6 +498,7 @@ def write_records(
             os.unlink(tmp_path)
         except FileNotFoundError:
             pass
+        _remove_empty(created)
         raise
     finally:
         report.seconds = time.monotonic() - start
