@@ -13,34 +13,25 @@ Asked for with ``VERL_PLATFORM=cpu`` (veRL's own platform override variable; the
   :mod:`medvr_verl.cpu.tiny_run`: the tiny-model run shared by the demo, the CPU test and the GPU
   smoke run.
 
-veRL names touched that are not public API -- the only ones in this package
-(paths under site-packages/verl, veRL 0.9.1):
+veRL names touched that are not public API -- the only ones in this package (paths under
+site-packages/verl, veRL 0.9.1):
 
-=============================================================  ==========================================
-veRL name                                                       why
-=============================================================  ==========================================
-``utils/distributed.py:89`` ``initialize_global_process_group   builds ``cpu:gloo,{device}:{backend}`` =
-_ray`` (also bound by name in ``workers/engine_workers.py:38``)  ``cpu:gloo,cpu:gloo`` on CPU, refused by
-                                                                torch; wrapped to pass its own public
-                                                                ``backend="gloo"`` argument
-                                                                (:func:`fixes.fix_process_group_backend`)
-``workers/engine/fsdp/transformer_impl.py:462``                 the reference model gets
-``CPUOffloadPolicy(pin_memory=True)`` (module global            ``CPUOffloadPolicy(pin_memory=True)``;
-``CPUOffloadPolicy``, imported at line 43)                      pinning needs a driver; the module's name
-                                                                is rebound to the same policy with
-                                                                ``pin_memory=False``
-                                                                (:func:`fixes.unpin_reference_offload`)
-``workers/engine/base.py:349`` ``EngineRegistry._engines``      read only, to keep the CPU registration
-                                                                idempotent; the registration itself is
-                                                                the public ``EngineRegistry.register``
-                                                                (FSDP engines are registered for
-                                                                cuda/npu only at
-                                                                ``transformer_impl.py:1143,1594``)
-``workers/rollout/base.py:83`` ``_ROLLOUT_REGISTRY``            the training worker's rollout adapter is
-                                                                looked up there by ``(name, "async")``;
-                                                                no public registration exists
-                                                                (:func:`rollout.register_rollout`)
-=============================================================  ==========================================
+1. ``utils/distributed.py:83`` ``initialize_global_process_group_ray`` (line 89 builds the backend
+   ``cpu:gloo,{device}:{backend}``, i.e. ``cpu:gloo,cpu:gloo`` on CPU, which torch refuses; also bound
+   by name in ``workers/engine_workers.py:38`` and called there at line 89): both module attributes
+   are replaced by a wrapper that passes the function's own ``backend="gloo"`` argument
+   (:func:`fixes.fix_process_group_backend`).
+2. ``workers/engine/fsdp/transformer_impl.py:43`` module global ``CPUOffloadPolicy``: line 462 gives
+   the reference model ``CPUOffloadPolicy(pin_memory=True)``, and pinning host memory needs an
+   accelerator driver; the name is rebound to the same policy with ``pin_memory=False``
+   (:func:`fixes.unpin_reference_offload`).
+3. ``workers/engine/base.py:348`` ``EngineRegistry._engines``: read only, to keep the CPU
+   registration idempotent; the registration itself is the public ``EngineRegistry.register`` (veRL
+   registers its FSDP engines for cuda/npu only, ``transformer_impl.py:1143,1594``)
+   (:func:`fixes.register_fsdp_engines_for_cpu`).
+4. ``workers/rollout/base.py:89`` ``_ROLLOUT_REGISTRY``: the training worker looks its rollout adapter
+   up there by ``(name, "async")`` and there is no public registration; one entry is added for
+   ``medvr_cpu`` (:func:`rollout.register_rollout`).
 
 Public seams used: ``PlatformRegistry.register`` / ``VERL_PLATFORM`` (``verl/plugin/platform``),
 ``EngineRegistry.register``, ``RolloutReplicaRegistry.register``, ``RolloutReplica`` /
