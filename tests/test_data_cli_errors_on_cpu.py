@@ -151,6 +151,16 @@ def test_corrupt_parquet_shard_names_the_file(tmp_path, capsys):
     assert code == 2 and str(shard) in line and not out.exists()
 
 
+def test_layout_error_is_one_line(tmp_path, release, capsys):
+    code, err = _run(capsys, "slake", release, tmp_path / "o.parquet", "--split", "test")
+    line = _one_line_error(err)
+    assert code == 2 and "missing file 'test.json'" in line and "Expected layout" in line
+    code, err = _run(capsys, "no_such_dataset", release, tmp_path / "o.parquet", "--split", "test")
+    assert code == 2 and "no_such_dataset" in _one_line_error(err)
+    code, err = _run(capsys, "slake", tmp_path / "missing", tmp_path / "o.parquet", "--split", "test")
+    assert code == 2 and "missing" in _one_line_error(err)
+
+
 def test_debug_shows_the_traceback(tmp_path, release):
     with pytest.raises(ValueError, match="is a folder"):
         main(["medxpertqa", str(release), str(tmp_path), "--split", "test", "--no-progress", "--debug"])

@@ -127,11 +127,9 @@ def main(argv: list[str] | None = None) -> int:
     except (LayoutError, SourceFileError, ValueError, TypeError) as exc:
         if debug:
             raise
-        lines = str(exc).splitlines() or [type(exc).__name__]
-        # The first line says what is wrong; LayoutError adds the expected layout on its own line.
-        print(f"error: {lines[0]}", file=sys.stderr)
-        for line in lines[1:]:
-            print(f"       {line}", file=sys.stderr)
+        # One line: LayoutError's second line (the expected layout) joins the first.
+        text = " ".join(line.strip() for line in str(exc).splitlines() if line.strip()) or type(exc).__name__
+        print(f"error: {text}", file=sys.stderr)
         return 2
     except OSError as exc:
         if debug:
