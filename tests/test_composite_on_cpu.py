@@ -159,3 +159,27 @@ def test_a_members_junk_boxes_do_not_change_others(members, junk):
     base2 = group_rewards(cleaned, "consensus")
     assert group_rewards(hostile, "consensus").members == base2.members
     assert base.members == base2.members
+
+
+def test_reward_manager_data_flow_with_one_hostile_member():
+    """records -> trajectory_boxes -> group_rewards, as medvr_cca runs it: a member whose records
+    are garbage gets no tool reward and counts invalid zooms; the others keep their rewards."""
+    from medvr_verl.tool_calls import trajectory_boxes
+
+    good = {"valid": True, "root_image_index": 0, "bbox_root": [0, 0, 10, 10]}
+    hostile_records = [
+        {"valid": True, "root_image_index": None, "bbox_root": [0, 0, 10, 10]},
+        {"valid": True, "root_image_index": 0, "bbox_root": [math.nan, 0, 10, 10]},
+        {"valid": True, "root_image_index": "0", "bbox_root": "0 0 10 10"},
+        "record",
+        [good],
+    ]
+    fields = [{"medvr_zoom_calls": [good]}, {"medvr_zoom_calls": [good]}, {"medvr_zoom_calls": hostile_records}]
+    outcomes = []
+    for extra in fields:
+        boxes, invalid, _ = trajectory_boxes(extra, "")
+        outcomes.append((MemberOutcome(1.0, 1.0, boxes), invalid))
+    assert [invalid for _, invalid in outcomes] == [0, 0, 5]
+    with_hostile = group_rewards([o for o, _ in outcomes], "consensus").members
+    without = group_rewards([o for o, _ in outcomes[:2]], "consensus").members
+    assert with_hostile[:2] == without and with_hostile[2].reward == 1.0 and not with_hostile[2].in_quorum
