@@ -46,8 +46,9 @@ from verl.experimental.agent_loop import AgentLoopOutput
 from verl.trainer.ppo.v1.agent_loop_tq import AgentLoopManagerTQ, AgentLoopWorkerTQ, apply_greedy_sampling_params
 
 from medvr_verl.agent_loop import RUNTIME_KWARGS, TRAJECTORY_STORE
-from medvr_verl.reward_manager import GROUP_EXPECTED_KEY, CCARewardSettings
-from medvr_verl.rollout import EVRSettings, is_medvr_agent, group_reward_data, plan_group_forks
+from medvr_verl.config_check import check_settings
+from medvr_verl.reward_manager import GROUP_EXPECTED_KEY
+from medvr_verl.rollout import EVRSettings, group_reward_data, is_medvr_agent, plan_group_forks
 from medvr_verl.trajectory import FORK_KEY, RECORD_KEY
 
 logger = logging.getLogger(__name__)
@@ -68,8 +69,6 @@ ROW_STATS = (
     "num_zoom",
     "num_zoom_invalid",
 )
-
-ASYNC_TRAINER_MODES = frozenset({"colocate_async", "separate_async"})
 
 # veRL's Ray actor class cannot be subclassed; veRL itself unwraps it the same way.
 _AgentLoopWorkerTQ = AgentLoopWorkerTQ.__ray_actor_class__
@@ -269,33 +268,15 @@ async def _settle(tasks: list[asyncio.Task]) -> list[BaseException]:
 class MedVRAgentLoopManagerTQ(AgentLoopManagerTQ):
     """veRL's V1 ``AgentLoopManagerTQ`` with :class:`MedVRAgentLoopWorkerTQ` workers.
 
-    Refuses, before the first step, settings that cannot work on V1: EVR under an async trainer mode
-    (veRL's async LLM client drops per-token entropy) and ``tool_reward: consensus`` without streaming
-    reward workers (veRL then scores rows one by one after sampling, with no group in sight).
+    Refuses, before the first step, settings that cannot work on V1
+    (:func:`medvr_verl.config_check.check_settings`: EVR under an async trainer mode, ``tool_reward:
+    consensus`` without streaming reward workers). The recipes' Hydra callback runs the same check in
+    the driver before anything starts.
     """
 
     worker_cls = MedVRAgentLoopWorkerTQ
 
     def __init__(self, config, *args, reward_loop_worker_handles=None, **kwargs):
-        check_v1_settings(config, reward_loop_worker_handles)
+        check_settings(config, reward_workers=reward_loop_worker_handles is not None)
         super().__init__(config, *args, reward_loop_worker_handles=reward_loop_worker_handles, **kwargs)
         self.agent_loop_workers_class = ray.remote(self.worker_cls)
-
-
-def check_v1_settings(config, reward_loop_worker_handles) -> None:
-    """Raise ``ValueError`` with the setting to change when MedVR cannot run as configured on V1."""
-    mode = config.trainer.get("v1", {}).get("trainer_mode", "sync")
-    evr = EVRSettings.from_config(config)
-    default_agent = config.actor_rollout_ref.rollout.agent.default_agent_loop
-    if mode in ASYNC_TRAINER_MODES and evr.enable and is_medvr_agent(default_agent):
-        raise ValueError(
-            f"EVR needs per-token entropy, which veRL's {mode} LLM client drops: set "
-            "actor_rollout_ref.rollout.custom.evr.enable=false, or trainer.v1.trainer_mode=sync"
-        )
-    if scores_groups(config) and reward_loop_worker_handles is None:
-        if CCARewardSettings.from_config(config).tool_reward == "consensus":
-            raise ValueError(
-                "reward.reward_kwargs.tool_reward=consensus needs veRL's streaming reward workers, but "
-                "this run scores rewards after sampling (colocated reward model): set "
-                "reward.reward_model.enable_resource_pool=true or choose another tool_reward"
-            )

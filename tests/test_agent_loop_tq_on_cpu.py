@@ -17,7 +17,8 @@ from evr_script import EVRScript, base_index
 from verl.trainer.ppo.core_algos import compute_grpo_outcome_advantage
 from verl.trainer.ppo.v1 import AgentLoopManagerTQ
 
-from medvr_verl.agent_loop_tq import MedVRAgentLoopManagerTQ, check_v1_settings
+from medvr_verl.agent_loop_tq import MedVRAgentLoopManagerTQ
+from medvr_verl.config_check import MedVRSettingsError, check_settings
 from medvr_verl.testing.harness import make_sample, run_manager_v1
 from medvr_verl.testing.scripted_server import ScriptedLLMClient
 from medvr_verl.testing.scripting import is_fork_request
@@ -232,9 +233,9 @@ def test_medvr_cca_in_stock_v1_tool_agent_setup(ray_session, tiny_model_path, re
 def test_v1_refuses_what_cannot_work_before_step_one(tiny_model_path):
     config = cca_config(tiny_model_path, EVR, "actor_rollout_ref.rollout.agent.default_agent_loop=medvr_agent")
     config.trainer.v1.trainer_mode = "colocate_async"
-    with pytest.raises(ValueError, match="evr.enable=false"):
-        check_v1_settings(config, reward_loop_worker_handles=["worker"])
+    with pytest.raises(MedVRSettingsError, match="evr.enable=false"):
+        check_settings(config, reward_workers=True)
     config.trainer.v1.trainer_mode = "sync"
-    check_v1_settings(config, reward_loop_worker_handles=["worker"])
-    with pytest.raises(ValueError, match="tool_reward=consensus"):
-        check_v1_settings(config, reward_loop_worker_handles=None)
+    check_settings(config, reward_workers=True)
+    with pytest.raises(MedVRSettingsError, match="tool_reward=consensus"):
+        check_settings(config, reward_workers=False)

@@ -138,3 +138,40 @@ def test_gpu_smoke_command_composes(tiny_model_path, tmp_path):
         config = compose(config_name="medvr", overrides=cmd[5:])
     validate_config(config, use_reference_policy=need_reference_policy(config), use_critic=need_critic(config))
     assert config.trainer.n_gpus_per_node == 1 and config.actor_rollout_ref.rollout.custom.viz.interval == 1
+
+
+@pytest.mark.parametrize("name", MEDVR)
+def test_recipe_settings_pass_the_driver_check(name, tiny_model_path):
+    from medvr_verl.config_check import check_settings
+
+    check_settings(compose_recipe("medvr_verl.recipes.medvr", name, tiny_model_path))
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("reward.reward_kwargs.tool_reward=consensuss", "tool_reward must be one of"),
+        ("+actor_rollout_ref.rollout.custom.evr.gama=0.3", "unknown rollout.custom.evr options ['gama']"),
+        ("trainer.v1.trainer_mode=colocate_async", "evr.enable=false"),
+    ],
+)
+def test_main_ppo_stops_in_the_driver_on_a_bad_setting(override, message):
+    """The recipes' Hydra callback ends main_ppo before Ray starts, naming the setting."""
+    import subprocess
+    import sys
+
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "verl.trainer.main_ppo",
+            "--config-path=pkg://medvr_verl.recipes.medvr",
+            "--config-name=medvr",
+            override,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 1
+    assert message in result.stderr and "ray init kwargs" not in result.stdout
