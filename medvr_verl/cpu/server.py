@@ -227,9 +227,12 @@ class CPURolloutServer:
         vision = await asyncio.to_thread(self._vision_inputs, image_data)
         if self.policy == "scripted":
             token_ids = await self._scripted_tokens(request_id, prompt_ids, params, image_data, vision)
+            logprobs, entropy, exact = await asyncio.to_thread(self._score, prompt_ids, token_ids, vision, params)
         else:
-            token_ids = await asyncio.to_thread(self._sample, prompt_ids, params, vision)
-        logprobs, entropy, exact = await asyncio.to_thread(self._score, prompt_ids, token_ids, vision, params)
+            # the sampling passes' own logits, as vLLM reports them (no second pass: a random model
+            # may sample vision placeholder tokens, which a fresh multimodal forward would reject)
+            token_ids, logits = await asyncio.to_thread(self._sample, prompt_ids, params, vision)
+            logprobs, entropy, exact = self._scores(logits, token_ids, params)
         extra = {
             "global_steps": self.global_steps,
             "num_cached_tokens": 0,
@@ -246,8 +249,10 @@ class CPURolloutServer:
             extra_fields=extra,
         )
 
-    def _sample(self, prompt_ids: list[int], params: dict[str, Any], vision) -> list[int]:
-        """Ancestral sampling with a KV cache (HF ``generate``): temperature, top-p, top-k, stop ids."""
+    def _sample(self, prompt_ids: list[int], params: dict[str, Any], vision) -> tuple[list[int], torch.Tensor]:
+        """Ancestral sampling with a KV cache (HF ``generate``): temperature, top-p, top-k, stop ids.
+
+        Returns the token ids and the raw logits of each step (before temperature and filtering)."""
         from transformers import GenerationConfig
 
         max_tokens = self._token_budget(len(prompt_ids), params)
@@ -269,8 +274,12 @@ class CPURolloutServer:
         with self._lock, torch.no_grad():
             # HF sampling draws from torch's global generator: seed it from the server's own stream
             torch.manual_seed(int(torch.randint(0, 2**62, (1,), generator=self._generator)))
-            out = self._model.generate(**inputs, **vision, generation_config=generation)
-        return [int(t) for t in out[0, len(prompt_ids) :].tolist()]
+            out = self._model.generate(
+                **inputs, **vision, generation_config=generation, output_logits=True, return_dict_in_generate=True
+            )
+        token_ids = [int(t) for t in out.sequences[0, len(prompt_ids) :].tolist()]
+        logits = torch.stack([step[0] for step in out.logits])[: len(token_ids)]
+        return token_ids, logits
 
     async def _scripted_tokens(self, request_id, prompt_ids, params, image_data, vision) -> list[int]:
         if self._scripted is None:
@@ -291,12 +300,18 @@ class CPURolloutServer:
         top-k entropy estimate and the exact entropy, from one forward pass of the synced weights."""
         if not token_ids:
             return [], [], []
-        temperature = float(params.get("temperature", 1.0) or 1.0)
-        top_k = int(((self.config.custom or {}).get("evr", None) or {}).get("top_k", 20))
         inputs = {"input_ids": torch.tensor([prompt_ids + token_ids]), **vision}
         with self._lock, torch.no_grad():
-            logits = self._model(**inputs).logits[0, len(prompt_ids) - 1 : -1].float() / max(temperature, 1e-6)
-        logp = torch.log_softmax(logits, dim=-1)
+            logits = self._model(**inputs).logits[0, len(prompt_ids) - 1 : -1]
+        return self._scores(logits, token_ids, params)
+
+    def _scores(self, logits: torch.Tensor, token_ids: list[int], params) -> tuple[list, list, list]:
+        """Log-prob of each token under ``softmax(logits / temperature)``, top-k and exact entropy."""
+        if not token_ids:
+            return [], [], []
+        temperature = float(params.get("temperature", 1.0) or 1.0)
+        top_k = int(((self.config.custom or {}).get("evr", None) or {}).get("top_k", 20))
+        logp = torch.log_softmax(logits.float() / max(temperature, 1e-6), dim=-1)
         chosen = logp.gather(-1, torch.tensor(token_ids)[:, None])[:, 0].tolist()
         top = logp.topk(min(top_k, logp.shape[-1]), dim=-1).values.tolist()
         exact = (-(logp.exp() * logp).sum(-1)).tolist()
