@@ -10,7 +10,8 @@ and tune it under ``reward.reward_kwargs`` (veRL's place for reward-manager opti
         tool_reward: consensus   # none | unconditional | correct | consensus
         eta: 0.5                 # IoU threshold of CCA
         w_tool: 1.0
-        format_weight: 1.0       # weight of R_format in the default scoring function
+        format_weight: 0.1       # size of R_format (penalty: lost by a badly formatted response)
+        format_mode: penalty     # penalty: R = acc - w * (1 - format); bonus: R = acc + w * format
         tool_name: image_zoom_in_tool
         group_size: null         # members per uid; null: rollout.n (val_kwargs.n for val splits)
         group_timeout_s: 600     # how long a member waits for the rest of its group
@@ -67,7 +68,8 @@ class CCARewardSettings:
     tool_reward: str = "consensus"
     eta: float = 0.5
     w_tool: float = 1.0
-    format_weight: float = 1.0
+    format_weight: float = 0.1
+    format_mode: str = "penalty"
     tool_name: str = DEFAULT_TOOL_NAME
     group_size: int | None = None
     group_timeout_s: float = 600.0
@@ -81,6 +83,12 @@ class CCARewardSettings:
             raise ValueError(f"reward.reward_kwargs.eta must lie in [0, 1], got {self.eta}")
         if not math.isfinite(self.w_tool) or not math.isfinite(self.format_weight):
             raise ValueError("reward.reward_kwargs.w_tool and format_weight must be finite numbers")
+        if self.format_mode not in scoring.FORMAT_MODES:
+            raise ValueError(
+                f"reward.reward_kwargs.format_mode must be one of {scoring.FORMAT_MODES}, got {self.format_mode!r}"
+            )
+        if self.format_weight < 0:
+            raise ValueError(f"reward.reward_kwargs.format_weight must be >= 0, got {self.format_weight}")
         if self.group_size is not None and self.group_size < 1:
             raise ValueError(f"reward.reward_kwargs.group_size must be >= 1 or null, got {self.group_size}")
         if not self.group_timeout_s > 0:
@@ -191,6 +199,7 @@ class MedVRCCARewardManager(RewardManagerBase):
         )
         if self.compute_score is scoring.compute_score:
             kwargs["format_weight"] = self.settings.format_weight
+            kwargs["format_mode"] = self.settings.format_mode
         if self.is_async_reward_score:
             result = await self.compute_score(**kwargs)
         else:

@@ -8,7 +8,7 @@ rewards under ``medvr_cca`` (consensus, eta=0.5, w_tool=1, format_weight=1) are 
 - quorum: the correct trajectories with a box -> variants 0, 1, 2 (|T+| = 3)
 - consensus: pixels covered by more than 1.5 of their unions -> the top-left quadrant (0 and 1)
 - IoU with it: 1.0, 1.0, 0.0 -> tool rewards 1.0, 1.0, 0.5; variant 3 is wrong -> 0
-- R = acc + format + 1(acc > 0) * R_tool -> 3.0, 3.0, 2.5, 1.0
+- R = acc - w_format * (1 - format) + 1(acc > 0) * R_tool -> 2.0, 2.0, 1.5, 0.0 (all well formatted)
 """
 
 from __future__ import annotations
@@ -28,10 +28,10 @@ MC = {"question_type": "multiple_choice", "options": OPTIONS}
 
 # (box, answer, expected reward, expected tool reward)
 VARIANTS = [
-    (TOP_LEFT, "A", 3.0, 1.0),
-    (TOP_LEFT, "A", 3.0, 1.0),
-    (BOTTOM_RIGHT, "A", 2.5, 0.5),
-    (TOP_LEFT, "B", 1.0, 0.0),
+    (TOP_LEFT, "A", 2.0, 1.0),
+    (TOP_LEFT, "A", 2.0, 1.0),
+    (BOTTOM_RIGHT, "A", 1.5, 0.5),
+    (TOP_LEFT, "B", 0.0, 0.0),
 ]
 _VARIANT = re.compile(r"variant (\d+)")
 

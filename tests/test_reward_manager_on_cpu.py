@@ -140,10 +140,10 @@ def _score_each(handle, data):
 @pytest.mark.parametrize(
     "answers, expected",
     [
-        # all wrong: no quorum, no tool reward; the format reward still counts
-        ([([0, 0, 50, 50], "B")] * 4, [1.0] * 4),
+        # all wrong: no quorum, no tool reward, no format penalty (well formatted)
+        ([([0, 0, 50, 50], "B")] * 4, [0.0] * 4),
         # correct without a box: no tool reward, and it does not vote
-        ([(None, "A"), ([0, 0, 50, 50], "A"), ([0, 0, 50, 50], "A"), (None, "B")], [2.0, 3.0, 3.0, 1.0]),
+        ([(None, "A"), ([0, 0, 50, 50], "A"), ([0, 0, 50, 50], "A"), (None, "B")], [1.0, 2.0, 2.0, 0.0]),
     ],
 )
 def test_one_member_per_call_across_reward_workers(reward_workers, tokenizer, answers, expected):
@@ -162,7 +162,7 @@ def test_whole_group_call_returns_every_member(reward_workers, tokenizer):
     data.meta_info[GROUP_META_KEY] = True
     result = ray.get(reward_workers[0].compute_score.remote(data))
     members = result[GROUP_REWARDS_KEY]
-    assert [m["reward_score"] for m in members] == pytest.approx([3.0, 3.0, 2.5, 1.0])
+    assert [m["reward_score"] for m in members] == pytest.approx([2.0, 2.0, 1.5, 0.0])
     assert result["reward_score"] == members[-1]["reward_score"]
     assert all(m["reward_extra_info"]["boxes_from_text"] for m in members)
 
@@ -171,7 +171,7 @@ def test_validation_split_without_a_group_is_scored_alone(reward_workers, tokeni
     """n=1 validation: extra_info.split='test' -> group size val_kwargs.n (1): no waiting."""
     data = _row_batch(tokenizer, [_answer([0, 0, 50, 50], "A")], uid="v1", extra_info={**MC, "split": "test"})
     (result,) = _score_each(reward_workers[1], data)
-    assert result["reward_score"] == pytest.approx(3.0)  # a lone correct zoom is its own consensus
+    assert result["reward_score"] == pytest.approx(2.0)  # a lone correct zoom is its own consensus
     assert result["reward_extra_info"]["cca_group_size"] == 1
 
 
