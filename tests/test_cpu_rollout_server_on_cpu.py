@@ -99,3 +99,12 @@ def test_scripted_policy_writes_a_zoom_call_scored_by_the_model(tiny_model_path,
     assert '"bbox_2d": [' in text and text.endswith("<|im_end|>")
     assert len(out.log_probs) == len(out.token_ids) == len(out.extra_fields[TOKEN_ENTROPY_KEY])
     assert all(lp < 0 for lp in out.log_probs)
+
+
+def test_sampling_never_writes_vision_placeholders(sampled, prompt):
+    banned = set(sampled._vision_token_ids())
+    assert len(banned) >= 4
+    # near-uniform sampling over the 448 ids: 512 draws would hit one of them with p > 0.99
+    for _ in range(2):
+        out = _generate(sampled, prompt, temperature=50.0, max_tokens=256, ignore_eos=True)
+        assert len(out.token_ids) == 256 and not banned & set(out.token_ids)

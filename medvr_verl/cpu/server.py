@@ -19,7 +19,7 @@ Policies (``rollout.custom.cpu.policy``):
 
 * ``sampled``: the model writes the text: ancestral sampling honouring ``temperature``, ``top_p``
   and ``top_k`` (greedy when ``temperature`` is 0 or ``do_sample`` is false), stopping at the eos
-  ids or the token budget vLLM would allow.
+  ids or the token budget vLLM would allow; vision placeholder tokens are never sampled.
 * ``scripted``: a stand-in for random-weight demos. A script (``rollout.custom.cpu.script``, default
   :class:`medvr_verl.cpu.script.ZoomThenAnswer`) writes the text through
   :class:`medvr_verl.testing.scripted_server.ScriptedLLMClient`'s rules (token budget, eos); the
@@ -49,6 +49,7 @@ logger = logging.getLogger(__name__)
 POLICIES = ("sampled", "scripted")
 DEFAULT_SCRIPT = "medvr_verl.cpu.script.ZoomThenAnswer"
 POLICY_FIELD = "medvr_cpu_policy"
+VISION_PLACEHOLDERS = ("<|vision_start|>", "<|vision_end|>", "<|vision_pad|>", "<|image_pad|>", "<|video_pad|>")
 
 #: (width, height) of each request's images as the model sees them, for scripts (set per request).
 IMAGE_SIZES: contextvars.ContextVar[list[tuple[int, int]]] = contextvars.ContextVar("medvr_cpu_image_sizes")
@@ -183,6 +184,14 @@ class CPURolloutServer:
         patch = int(getattr(self._processor.image_processor, "patch_size", 14))
         return [(int(w) * patch, int(h) * patch) for _, h, w in vision["image_grid_thw"].tolist()]
 
+    def _vision_token_ids(self) -> list[int]:
+        """Vision placeholder tokens, never sampled: they are not text, a trained model gives them no
+        mass, and veRL's position ids (Qwen2.5-VL ``get_rope_index``) fail on a response holding them
+        -- which a random-weight model would otherwise produce."""
+        tokenizer = self._processor.tokenizer
+        ids = [tokenizer.convert_tokens_to_ids(t) for t in VISION_PLACEHOLDERS]
+        return [int(i) for i in ids if isinstance(i, int) and i != tokenizer.unk_token_id]
+
     def _eos_ids(self) -> list[int]:
         ids = []
         eos = getattr(self._model.generation_config, "eos_token_id", None)
@@ -269,6 +278,7 @@ class CPURolloutServer:
             eos_token_id=None if params.get("ignore_eos") else stop,
             pad_token_id=self._processor.tokenizer.pad_token_id,
             repetition_penalty=float(params.get("repetition_penalty", 1.0) or 1.0),
+            suppress_tokens=self._vision_token_ids() or None,
         )
         inputs = {"input_ids": torch.tensor([prompt_ids]), "attention_mask": torch.ones(1, len(prompt_ids), dtype=torch.long)}
         with self._lock, torch.no_grad():
