@@ -20,6 +20,10 @@ Select with ``actor_rollout_ref.rollout.agent.agent_loop_manager_class=medvr_ver
   entropies, fork points) and the EVR kwargs never reach TransferQueue, nor does ``raw_prompt`` (its
   decoded images) once the reward is computed; only veRL's colocated reward path reads it from rows.
 
+Every ``rollout.custom.viz.interval`` training steps, the first ``max_groups`` groups each worker
+finishes are drawn to ``rollout.custom.viz.dir`` (zooms and consensus over the prompt's original
+image, :func:`medvr_verl.viz.write_step_overlays`), off the event loop; drawing never fails a step.
+
 Rollout statistics (reward parts, CCA, zoom counts, EVR) go into the rows' TransferQueue tags under
 :data:`TAG_KEY`; :class:`medvr_verl.replay_buffer.MedVRReplayBuffer` turns the tags of each sampled
 batch into ``medvr/...`` step metrics (V1's channel from rollout to the logger).
@@ -124,6 +128,7 @@ class _PromptGroup:
         self.members: list[tuple[list[AgentLoopOutput], dict]] = []
         self.row_keys: list[str] = []
         self.row_tags: list[dict] = []
+        self.finals: list[AgentLoopOutput] = []  # each written session's last output
         self.stats: dict[str, list[float]] = {}
 
 
@@ -136,6 +141,9 @@ class MedVRAgentLoopWorkerTQ(_AgentLoopWorkerTQ):
         self.evr_rng = random.Random(self.evr.seed)
         self.group_reward = scores_groups(self.config) and self.reward_loop_worker_handles is not None
         self._groups: dict[str, _PromptGroup] = {}
+        custom = self.config.actor_rollout_ref.rollout.get("custom", None) or {}
+        self.viz = dict(custom.get("viz", None) or {})
+        self._viz_drawn: dict[int, int] = {}  # training step -> groups drawn by this worker
 
     async def _run_prompt(self, prompt: dict, sampling_params: dict, trajectory: dict, trace: bool = False) -> None:
         uid, validate = prompt["uid"], trajectory["validate"]
@@ -166,6 +174,8 @@ class MedVRAgentLoopWorkerTQ(_AgentLoopWorkerTQ):
                     errors.append(e)
             if group.row_keys:
                 await self._tag_rows(group, partition_id)
+            if not validate and not errors:
+                await self._maybe_draw(prompt, group)
             for error in errors:
                 logger.error("medvr: session of uid=%s failed", uid, exc_info=(type(error), error, error.__traceback__))
             status = "failure" if errors else "finished"
@@ -241,12 +251,42 @@ class MedVRAgentLoopWorkerTQ(_AgentLoopWorkerTQ):
             for i in range(len(outputs)):
                 group.row_keys.append(f"{uid}_{session_id}_{i}")
                 group.row_tags.append(tag)
+            group.finals.append(outputs[-1])
+
+    async def _maybe_draw(self, prompt: dict, group: _PromptGroup) -> None:
+        """PNG overlay of this group's zooms and consensus, when ``rollout.custom.viz`` asks for it."""
+        step = prompt.get("global_steps")
+        if not self.viz.get("dir") or not isinstance(step, int) or step % int(self.viz.get("interval", 50)):
+            return
+        max_groups = int(self.viz.get("max_groups", 2))
+        if self._viz_drawn.get(step, 0) >= max_groups:
+            return
+        records = []
+        for output in group.finals:
+            info = dict(output.extra_fields.get("reward_extra_info") or {})
+            if output.reward_score is not None:
+                info["score"] = float(output.reward_score)
+            records.append(info)
+        self._viz_drawn = {step: self._viz_drawn.get(step, 0) + 1}
+        try:
+            await asyncio.get_running_loop().run_in_executor(None, _draw_group, self.viz["dir"], step, prompt, records)
+        except Exception:  # drawing must never cost a training step
+            logger.exception("medvr: drawing step %s overlays failed", step)
 
     async def _tag_rows(self, group: _PromptGroup, partition_id: str) -> None:
         tags = [{TAG_KEY: dict(tag)} for tag in group.row_tags]
         if group.stats:
             tags[0][TAG_KEY]["group"] = {name: list(values) for name, values in group.stats.items()}
         await tq.async_kv_batch_put(keys=group.row_keys, partition_id=partition_id, tags=tags)
+
+
+def _draw_group(out_dir: str, step: int, prompt: dict, records: list[dict]) -> None:
+    from medvr_verl.tools.image_io import OriginalImages
+    from medvr_verl.viz import write_step_overlays
+
+    originals = OriginalImages(list(prompt.get("raw_prompt") or []))
+    images = [originals.get(i) for i in range(len(originals))]
+    write_step_overlays(out_dir, step, [images], [records], 1)
 
 
 def _row_tag(output: AgentLoopOutput) -> dict[str, float]:

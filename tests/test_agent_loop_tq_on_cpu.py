@@ -69,8 +69,14 @@ def _assert_cca_rewards(rows, group, tokenizer):
 
 
 @pytest.fixture(scope="module")
-def cca_run(ray_session, tiny_model_path, reward_workers):
-    config = cca_config(tiny_model_path, NO_EVR, num_workers=2)
+def viz_dir(tmp_path_factory):
+    return tmp_path_factory.mktemp("viz")
+
+
+@pytest.fixture(scope="module")
+def cca_run(ray_session, tiny_model_path, reward_workers, viz_dir):
+    custom = f"+actor_rollout_ref.rollout.custom={{evr: {{enable: false}}, viz: {{dir: '{viz_dir}', interval: 1}}}}"
+    config = cca_config(tiny_model_path, custom, num_workers=2)
     client = ScriptedLLMClient(config, script=make_script())
     return run_manager_v1(
         MedVRAgentLoopManagerTQ,
@@ -93,6 +99,14 @@ def test_v1_group_is_scored_together_with_consensus(cca_run, tokenizer):
     assert metrics["medvr/acc/mean"] == pytest.approx(0.75)
     assert metrics["medvr/tool_reward/mean"] == pytest.approx((1.0 + 1.0 + 0.5 + 0.0) / 4)
     assert metrics["medvr/fork/mean"] == 0.0 and metrics["medvr/num_zoom/mean"] == 1.0
+
+
+def test_v1_worker_draws_the_groups_it_scored(cca_run, viz_dir):
+    meta, _, _ = cca_run
+    pngs = sorted(viz_dir.rglob("*.png"))
+    assert pngs and all(p.stat().st_size > 0 for p in pngs)
+    uids = {key.split("_")[0] for key in meta.keys}
+    assert all(any(uid[:8] in p.name for uid in uids) for p in pngs)
 
 
 def test_v1_rows_are_lean(cca_run):
