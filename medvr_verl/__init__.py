@@ -10,7 +10,7 @@ from __future__ import annotations
 import importlib
 import os
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 # Glue modules whose import registers a piece with one of veRL's registries.
 _GLUE_MODULES = (
