@@ -31,11 +31,15 @@ def test_one_version_and_the_pinned_verl():
 
 
 def test_wheel_ships_recipes_and_entry_point(tmp_path):
+    import shutil
     import subprocess
     import sys
 
+    source = tmp_path / "src"  # a copy: setuptools leaves build/ and *.egg-info beside the sources
+    ignore = shutil.ignore_patterns(".venv", ".git", "build", "*.egg-info", "__pycache__", "tests", "medvr_demo*")
+    shutil.copytree(REPO, source, ignore=ignore)
     subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(tmp_path), str(REPO)],
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(tmp_path), str(source)],
         check=True,
     )
     (wheel,) = tmp_path.glob("medvr_verl-*.whl")
