@@ -32,6 +32,10 @@ site-packages/verl, veRL 0.9.1):
 4. ``workers/rollout/base.py:89`` ``_ROLLOUT_REGISTRY``: the training worker looks its rollout adapter
    up there by ``(name, "async")`` and there is no public registration; one entry is added for
    ``medvr_cpu`` (:func:`rollout.register_rollout`).
+5. ``workers/rollout/replica.py`` ``RolloutReplica._server_handle`` / ``_server_address`` /
+   ``servers``: set by :class:`rollout.CPURolloutReplica.launch_servers`, as veRL's own replicas do
+   (the base class's ``server_handle`` / ``server_address`` properties read them): the subclass
+   contract of ``launch_servers``, not a workaround.
 
 Public seams used: ``PlatformRegistry.register`` / ``VERL_PLATFORM`` (``verl/plugin/platform``),
 ``EngineRegistry.register``, ``RolloutReplicaRegistry.register``, ``RolloutReplica`` /
