@@ -26,7 +26,15 @@ EVR (DESIGN.md section 3): ``H_base`` is the mean entropy of the first tokens of
 ``H_tool`` the largest rolling mean over a window of a zoom call's coordinate tokens (the spike the
 paper branches on); ``dH = H_tool - H_base``. A tool call qualifies as a fork point when
 ``dH > threshold``; it is then chosen with probability ``P = clip(P_base + gamma * dH, 0, 1)``.
-``gamma = 0`` degrades to random branching at rate ``P_base``.
+``gamma = 0`` degrades to random branching as the paper states: every call qualifies (no threshold),
+each is chosen with probability ``P_base`` and every ordering among calls is random, so entropy
+steers nothing (:func:`qualifies`, :func:`decide_fork`, :func:`fallback_order`).
+
+Budget (:func:`fill_forks`): each chosen call gets one fork (in the order given: generation order
+when streaming, decreasing ``dH`` when planned after the bases); fork slots left over are spent by
+the fallback: ``"top_dh"`` deals them round-robin over the chosen calls, or over all calls by
+decreasing ``dH`` when none was chosen (random order at ``gamma = 0``); ``"fresh"`` makes each left
+slot a fresh, unforked sample (the paper's "low uncertainty: continue a single trajectory").
 
 Imports neither veRL nor torch.
 """
@@ -122,6 +130,67 @@ def delta_h(
     return h_tool(coordinate_entropies, window) - h_base(response_entropies, base_tokens)
 
 
+FALLBACKS = ("top_dh", "fresh")
+"""What fork slots no chosen call took become: forks at the most uncertain calls, or fresh samples."""
+
+
+def qualifies(delta_h: float, threshold: float, gamma: float) -> bool:
+    """Whether a zoom call may branch: ``dH > threshold``; every call at ``gamma = 0`` (random branching)."""
+    return gamma == 0 or delta_h > threshold
+
+
+def decide_fork(delta_h: float, *, p_base: float, gamma: float, threshold: float, rng) -> bool:
+    """One zoom call's branching decision, made when the call is generated (streaming EVR).
+
+    True with probability ``branch_probability(dH, p_base, gamma)`` for a qualifying call, else False.
+    Draws from ``rng`` only for a qualifying call.
+    """
+    return qualifies(delta_h, threshold, gamma) and rng.random() < branch_probability(delta_h, p_base, gamma)
+
+
+def fallback_order(delta_hs: Sequence[float], gamma: float, rng) -> list[int]:
+    """Candidates by decreasing ``dH``, random among ties; a uniformly random order at ``gamma = 0``."""
+    if gamma == 0:
+        order = list(range(len(delta_hs)))
+        rng.shuffle(order)
+        return order
+    return sorted(range(len(delta_hs)), key=lambda c: (-delta_hs[c], rng.random()))
+
+
+def fill_forks(
+    chosen: Sequence[int],
+    delta_hs: Sequence[float],
+    num_forks: int,
+    *,
+    gamma: float,
+    fallback: str,
+    rng,
+) -> list[int | None]:
+    """Each of ``num_forks`` fork slots' candidate (``None``: a fresh sample), see the module docstring.
+
+    ``chosen``: the chosen candidates, each taking one slot in this order; the slots left are spent
+    by ``fallback`` over ``chosen`` (when any) or over every candidate of ``delta_hs``.
+    """
+    if fallback not in FALLBACKS:
+        raise ValueError(f"fallback must be one of {FALLBACKS}, got {fallback!r}")
+    if num_forks <= 0:
+        return []
+    slots: list[int | None] = list(chosen[:num_forks])
+    left = num_forks - len(slots)
+    if left == 0:
+        return slots
+    if fallback == "fresh":
+        return slots + [None] * left
+    if chosen:
+        pool = [chosen[i] for i in fallback_order([delta_hs[c] for c in chosen], gamma, rng)]
+    else:
+        pool = fallback_order(delta_hs, gamma, rng)
+    if not pool:
+        return slots + [None] * left
+    start = len(slots)
+    return slots + [pool[(start + i) % len(pool)] for i in range(left)]
+
+
 def plan_forks(
     delta_hs: Sequence[float],
     num_forks: int,
@@ -130,23 +199,20 @@ def plan_forks(
     gamma: float,
     threshold: float,
     rng,
+    fallback: str = "top_dh",
 ) -> list[int | None]:
-    """Choose the fork point of each of ``num_forks`` forks among candidate zoom calls.
+    """Choose the fork point of each of ``num_forks`` forks among candidate zoom calls (two-phase EVR).
 
-    ``delta_hs[c]`` is candidate ``c``'s ``dH``; ``rng`` has ``random()`` (``random.Random``).
-    Candidates with ``dH > threshold`` qualify and each is chosen with probability
-    ``branch_probability(dH, p_base, gamma)``. Forks are dealt round-robin over the chosen points,
-    highest ``dH`` first. Fallback when none is chosen: the candidates by decreasing ``dH`` (random
-    order among ties), so the budget still explores where the model was least sure. Entries are
-    ``None`` (a fresh, unforked sample) only when there is no candidate at all.
+    ``delta_hs[c]`` is candidate ``c``'s ``dH``; ``rng`` has ``random()`` and ``shuffle()``
+    (``random.Random``). Each candidate is decided with :func:`decide_fork`, in decreasing ``dH``
+    (random order at ``gamma = 0``); each chosen one takes a slot, and ``fallback`` spends the slots
+    left (:func:`fill_forks`): ``top_dh`` round-robin over the chosen ones (over all candidates by
+    ``dH`` when none is chosen), ``fresh`` as fresh samples.
     """
     if num_forks <= 0:
         return []
-    order = sorted(range(len(delta_hs)), key=lambda c: (-delta_hs[c], rng.random()))
+    order = fallback_order(delta_hs, gamma, rng)
     chosen = [
-        c for c in order if delta_hs[c] > threshold and rng.random() < branch_probability(delta_hs[c], p_base, gamma)
+        c for c in order if decide_fork(delta_hs[c], p_base=p_base, gamma=gamma, threshold=threshold, rng=rng)
     ]
-    pool = chosen or order
-    if not pool:
-        return [None] * num_forks
-    return [pool[i % len(pool)] for i in range(num_forks)]
+    return fill_forks(chosen, delta_hs, num_forks, gamma=gamma, fallback=fallback, rng=rng)

@@ -133,18 +133,72 @@ def test_plan_forks_falls_back_to_the_highest_dh_and_to_fresh_samples():
     assert plan_forks([1.0], 0, p_base=1.0, gamma=0.5, threshold=0.0, rng=rng) == []
 
 
-def test_plan_forks_gamma_zero_is_random_branching_at_p_base():
+def test_plan_forks_gamma_zero_is_random_branching_whatever_dh():
+    """Paper: gamma = 0 degrades to random sampling. No threshold, no dH ordering: every candidate is
+    equally likely to get the single fork, whatever its dH (a property over random dH vectors)."""
     import random
 
     from medvr_verl.entropy import plan_forks
 
     rng = random.Random(1)
+    for trial in range(6):
+        k = rng.randint(2, 5)
+        dhs = [rng.uniform(-3.0, 5.0) for _ in range(k)]
+        dhs[0] = 10.0  # one far above any threshold
+        for p_base in (0.0, 0.3, 1.0):
+            counts = [0] * k
+            draws = 3000
+            for _ in range(draws):
+                (fork,) = plan_forks(dhs, 1, p_base=p_base, gamma=0.0, threshold=1.0, rng=rng)
+                counts[fork] += 1
+            for c in counts:  # each 1/k; 5 sigma of a binomial share
+                assert abs(c / draws - 1 / k) < 5 * (1 / k * (1 - 1 / k) / draws) ** 0.5, (dhs, p_base, counts)
 
-    def share_of_low_dh(gamma):
-        plans = [plan_forks([5.0, 0.1], 1, p_base=0.3, gamma=gamma, threshold=0.0, rng=rng) for _ in range(4000)]
-        return sum(p == [1] for p in plans) / len(plans)
 
-    # gamma = 0: each point is chosen with P_base whatever its dH; the low one leads the plan when the
-    # high one is not chosen and it is: 0.7 * 0.3 = 0.21. gamma = 1: the spike is always chosen.
-    assert abs(share_of_low_dh(0.0) - 0.21) < 0.03
-    assert share_of_low_dh(1.0) == 0.0
+def test_gamma_zero_decides_each_call_at_p_base_below_the_threshold_too():
+    import random
+
+    from medvr_verl.entropy import decide_fork, qualifies
+
+    rng = random.Random(2)
+    assert qualifies(-5.0, 0.1, 0.0) and not qualifies(0.05, 0.1, 0.5) and qualifies(0.2, 0.1, 0.5)
+    for dh in (-2.0, 0.0, 3.0):
+        share = sum(decide_fork(dh, p_base=0.3, gamma=0.0, threshold=1.0, rng=rng) for _ in range(4000)) / 4000
+        assert abs(share - 0.3) < 0.035
+    # gamma > 0: below the threshold never, a spike with P = 1 always
+    assert not any(decide_fork(0.05, p_base=1.0, gamma=0.5, threshold=0.1, rng=rng) for _ in range(100))
+    assert all(decide_fork(3.0, p_base=0.0, gamma=0.5, threshold=0.1, rng=rng) for _ in range(100))
+
+
+def test_fill_forks_one_per_chosen_call_then_the_fallback():
+    import random
+
+    from medvr_verl.entropy import fill_forks
+
+    rng = random.Random(0)
+    dhs = [0.0, 2.0, 1.0, -1.0]
+    # chosen calls take one slot each in the order given; the rest round-robin over them by dH
+    assert fill_forks([2, 1], dhs, 5, gamma=0.5, fallback="top_dh", rng=rng) == [2, 1, 1, 2, 1]
+    assert fill_forks([2, 1], dhs, 1, gamma=0.5, fallback="top_dh", rng=rng) == [2]
+    # none chosen: top_dh forks at the most uncertain calls; fresh leaves the slots to fresh samples
+    assert fill_forks([], dhs, 3, gamma=0.5, fallback="top_dh", rng=rng) == [1, 2, 0]
+    assert fill_forks([], dhs, 3, gamma=0.5, fallback="fresh", rng=rng) == [None, None, None]
+    assert fill_forks([1], dhs, 3, gamma=0.5, fallback="fresh", rng=rng) == [1, None, None]
+    assert fill_forks([], [], 2, gamma=0.5, fallback="top_dh", rng=rng) == [None, None]
+    with pytest.raises(ValueError):
+        fill_forks([], dhs, 1, gamma=0.5, fallback="nope", rng=rng)
+
+
+def test_plan_forks_only_when_uncertain_gives_fresh_samples():
+    import random
+
+    from medvr_verl.entropy import plan_forks
+
+    rng = random.Random(0)
+    # no call qualifies: "fresh" keeps a single trajectory per slot (no fork), "top_dh" forks anyway
+    low = [0.0, 0.05]
+    assert plan_forks(low, 2, p_base=1.0, gamma=0.5, threshold=0.1, rng=rng, fallback="fresh") == [None, None]
+    assert sorted(plan_forks(low, 2, p_base=1.0, gamma=0.5, threshold=0.1, rng=rng)) == [0, 1]
+    # a spike with P = 1 branches once; "fresh" leaves the other slot to a fresh sample, "top_dh" forks again
+    assert plan_forks([0.0, 3.0], 2, p_base=0.0, gamma=0.5, threshold=0.1, rng=rng, fallback="fresh") == [1, None]
+    assert plan_forks([0.0, 3.0], 2, p_base=0.0, gamma=0.5, threshold=0.1, rng=rng) == [1, 1]
