@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -148,6 +149,25 @@ def test_huge_image_downscaled_to_max_side():
     assert px(out, 200, 200) == blended(60)
 
 
+def test_forks_are_marked_in_image_and_legend():
+    base = TrajectoryView([(20, 20, 120, 120)], True, 2.0, 1.0, 1.0, "#1", fork=False)
+    fork = TrajectoryView([(150, 20, 250, 120)], True, 2.0, 1.0, 1.0, "#2", fork=True, fork_of="#1")
+    out = render_group_overlay(gray_image(300, 125), [base, fork], [])
+    # a fork's box has a filled triangle in its bottom-right corner; a base's corner is only outline
+    assert px(out, 245, 115) == trajectory_color(1)
+    assert px(out, 115, 115) == (GRAY,) * 3
+    unknown = render_group_overlay(gray_image(300, 125), [replace_fork(base, None), replace_fork(fork, None)], [])
+    assert px(unknown, 245, 115) == (GRAY,) * 3  # no fork information: nothing drawn for it
+    assert out.width > unknown.width  # the legend gained a "kind" column (base / fork of #1)
+    assert out.height > unknown.height  # ... and the note explaining the triangle
+
+
+def replace_fork(view: TrajectoryView, fork):
+    import dataclasses
+
+    return dataclasses.replace(view, fork=fork, fork_of=None)
+
+
 def test_many_trajectories_distinct_colors():
     colors = [trajectory_color(i) for i in range(16)]
     assert len(set(colors)) == 16 and CONSENSUS_COLOR not in colors
@@ -203,6 +223,34 @@ def test_members_from_records():
     assert consensus == [(0, (1.0, 1.0, 9.0, 9.0))]
 
 
+def test_fork_field_of_records():
+    box = "[[0, 1, 1, 9, 9]]"
+    recs = [
+        {"zoom_boxes_json": box, "acc": 1.0, "fork": False},
+        {"zoom_boxes_json": box, "acc": 1.0, "fork": True, "fork_of": 0},
+        {"zoom_boxes_json": box, "acc": 1.0, "fork": "true"},  # through json.dumps(default=str)
+        {"zoom_boxes_json": box, "acc": 1.0, "medvr_fork": None},  # a V1 row's extra_fields: a base ...
+        {"zoom_boxes_json": box, "acc": 1.0, "medvr_fork": {"call": 0, "turn": 1}},  # ... and a fork
+        {"zoom_boxes_json": box, "acc": 1.0, "fork": 1.0, "fork_of": 9},  # no such member: base not named
+        {"zoom_boxes_json": box, "acc": 1.0},  # unknown
+    ]
+    members, _ = members_from_records(recs)
+    assert [m.fork for m in members] == [False, True, True, False, True, True, None]
+    assert [m.fork_of for m in members] == [None, "#1", None, None, None, None, None]
+
+
+def test_write_step_overlays_with_forks(tmp_path):
+    box = (0, (10, 10, 50, 50))
+    records = [record("abcd", 3, [box], 1.0, 1.0, 1.0, [box]), record("abcd", 3, [box], 1.0, 1.0, 1.0, [box])]
+    records[0]["fork"], records[1]["fork"] = False, True
+    plain = write_step_overlays(tmp_path / "a", 1, [[gray_image(100, 80)]], [[dict(r) for r in records]], 1)
+    for r in records:
+        del r["fork"]
+    unknown = write_step_overlays(tmp_path / "b", 1, [[gray_image(100, 80)]], [records], 1)
+    with Image.open(plain[0]) as a, Image.open(unknown[0]) as b:
+        assert a.width > b.width  # the "kind" column
+
+
 def test_save_png_atomic(tmp_path):
     img = gray_image(20, 10)
     path = save_png(img, tmp_path / "a" / "b" / "x.png")
@@ -211,6 +259,19 @@ def test_save_png_atomic(tmp_path):
     with Image.open(path) as back:
         assert back.size == (20, 10) and back.getpixel((0, 0)) == (5, 5, 5)
     assert os.listdir(path.parent) == ["x.png"]
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o002, 0o077])
+def test_png_files_get_the_users_umask(tmp_path, umask):
+    old = os.umask(umask)
+    try:
+        path = save_png(gray_image(8, 8), tmp_path / "x.png")
+        box = (0, (1, 1, 5, 5))
+        [step_png] = write_step_overlays(tmp_path / "viz", 1, [[gray_image(20, 20)]], [[record("u", 0, [box], 1.0)]], 1)
+    finally:
+        os.umask(old)
+    for p in (path, step_png):
+        assert stat.S_IMODE(p.stat().st_mode) == 0o666 & ~umask, oct(p.stat().st_mode)
 
 
 def record(uid, index, boxes, acc, tool=0.0, iou=0.0, consensus=(), uid_key="group_uid"):
