@@ -9,8 +9,14 @@ scoring function and ``R_tool`` from one of four variants (the paper's tool-rewa
                   variant alone is not gated by accuracy (that is what makes it unconditional).
 ``correct``       ``R_tool = 1`` for a valid zoom in a correct trajectory.
 ``consensus``     CCA (:mod:`medvr_verl.consensus`): 1.0 if the trajectory's zoom region has
-                  IoU > eta with the majority region of the correct trajectories, else 0.5.
+                  IoU > eta with the majority region of the quorum ``T+``, else 0.5.
 =============== =================================================================================
+
+``quorum`` (:data:`medvr_verl.consensus.QUORUM_RULES`) says who votes in the consensus and is
+reported as ``in_quorum`` / ``quorum_size``: ``"correct_with_box"`` (default: correct trajectories
+with a valid zoom) or ``"correct"`` (the paper's ``T+``: every correct trajectory; one without a
+zoom votes for no region and earns no tool reward). The other variants do not use the consensus;
+their rewards are the same under either rule.
 
 Members are untrusted data (a custom scoring function, a broker payload, a rollout dump): a member's
 non-finite or non-numeric ``base_score`` counts as 0.0 and its ``acc`` as wrong (0.0); its malformed
@@ -32,7 +38,7 @@ import numbers
 
 import numpy as np
 
-from medvr_verl.consensus import consensus_credit_by_image
+from medvr_verl.consensus import DEFAULT_QUORUM, QUORUM_RULES, consensus_credit_by_image
 from medvr_verl.tool_calls import MAX_BOXES_PER_TRAJECTORY, as_image_index, validate_box
 
 Box = tuple[float, float, float, float]
@@ -59,7 +65,7 @@ class MemberReward:
     iou: float
     """IoU of the trajectory's zoom region with the consensus; 0.0 outside the quorum or variant."""
     in_quorum: bool
-    """Correct and zoomed: a voter of the consensus."""
+    """A voter of the consensus (``T+`` under the ``quorum`` rule): correct and zoomed, or correct."""
 
 
 @dataclass(frozen=True)
@@ -106,15 +112,21 @@ def clean_boxes(boxes: object) -> list[ImageBox]:
 
 
 def group_rewards(
-    members: Sequence[MemberOutcome], variant: str = "consensus", eta: float = 0.5, w_tool: float = 1.0
+    members: Sequence[MemberOutcome],
+    variant: str = "consensus",
+    eta: float = 0.5,
+    w_tool: float = 1.0,
+    quorum: str = DEFAULT_QUORUM,
 ) -> GroupRewards:
     """Composite rewards of one prompt group.
 
-    Raises ValueError only for a bad ``variant``, ``eta`` or ``w_tool`` (configuration); bad member
-    data is cleaned (see the module docstring).
+    Raises ValueError only for a bad ``variant``, ``eta``, ``w_tool`` or ``quorum`` (configuration);
+    bad member data is cleaned (see the module docstring).
     """
     if variant not in TOOL_REWARD_VARIANTS:
         raise ValueError(f"tool reward variant must be one of {TOOL_REWARD_VARIANTS}, got {variant!r}")
+    if not isinstance(quorum, str) or quorum not in QUORUM_RULES:
+        raise ValueError(f"quorum must be one of {QUORUM_RULES}, got {quorum!r}")
     if isinstance(w_tool, bool) or not isinstance(w_tool, numbers.Real) or not math.isfinite(w_tool):
         raise ValueError(f"w_tool must be a finite number, got {w_tool!r}")
     bases = [_finite(getattr(m, "base_score", 0.0)) for m in members]
@@ -122,7 +134,7 @@ def group_rewards(
     boxes = [clean_boxes(getattr(m, "boxes", None)) for m in members]
     correct = [a > 0 for a in accs]
     zoomed = [len(b) > 0 for b in boxes]
-    in_quorum = [c and z for c, z in zip(correct, zoomed)]
+    in_quorum = [c and (z or quorum == "correct") for c, z in zip(correct, zoomed)]
     ious = [0.0] * len(members)
     consensus: list[ImageBox] = []
 
@@ -131,9 +143,9 @@ def group_rewards(
     elif variant == "unconditional":
         tool = [1.0 if z else 0.0 for z in zoomed]
     elif variant == "correct":
-        tool = [1.0 if q else 0.0 for q in in_quorum]
+        tool = [1.0 if c and z else 0.0 for c, z in zip(correct, zoomed)]
     else:
-        result = consensus_credit_by_image(boxes, correct, eta=eta)
+        result = consensus_credit_by_image(boxes, correct, eta=eta, quorum=quorum)
         tool = list(result.rewards)
         ious = [iou if iou is not None else 0.0 for iou in result.ious]
         consensus = list(result.consensus)

@@ -2,16 +2,23 @@
 
 Within one GRPO group (the trajectories sampled for one prompt):
 
-- quorum ``T+`` = trajectories that are correct **and** have at least one (non-empty) zoom box;
+- quorum ``T+``, by the ``quorum`` rule (:data:`QUORUM_RULES`):
+
+  * ``"correct_with_box"`` (default): trajectories that are correct **and** have at least one
+    (non-empty) zoom box;
+  * ``"correct"`` (the paper's ``T+``, all successful trajectories): every correct trajectory; one
+    without a box counts toward ``|T+|`` with an empty ``M_i`` (a vote for no region). The two rules
+    agree whenever every correct trajectory zoomed.
 - ``M_i`` = union of trajectory i's boxes (per image);
 - ``C(pixel)`` = number of quorum trajectories whose ``M_i`` covers the pixel;
 - consensus = ``{pixel : C > |T+| / 2}``, a strict majority (a tie at exactly half is excluded);
-- ``R_tool(j) = 1.0`` if ``IoU(M_j, consensus) > eta`` else ``0.5`` for j in ``T+``; ``0.0`` for
-  every other trajectory (wrong answer, or no box). IoU with an empty consensus is 0.0.
+- ``R_tool(j) = 1.0`` if ``IoU(M_j, consensus) > eta`` else ``0.5`` for j in ``T+`` with a box;
+  ``0.0`` for every other trajectory (wrong answer, or no box: no zoom, no tool reward, under
+  either rule). IoU with an empty consensus is 0.0; a quorum member without a box has IoU None.
 
 Boxes are ``(x1, y1, x2, y2)`` in original-image pixels, half-open (see :mod:`medvr_verl.boxes`);
 empty boxes (``x2 <= x1`` or ``y2 <= y1``) are dropped first, so a trajectory whose only boxes are
-empty is not in the quorum.
+empty counts as one without a box.
 
 Everything is exact at any resolution and never rasterizes: per image, the distinct box edges of
 the quorum make a compressed grid of at most ``(2B - 1)^2`` cells for ``B`` boxes; coverage per
@@ -38,6 +45,8 @@ import numpy as np
 from medvr_verl.boxes import Box, cell_areas, grid_edges, group_cover, sweep_cover, use_dense
 
 __all__ = [
+    "DEFAULT_QUORUM",
+    "QUORUM_RULES",
     "CCAResult",
     "consensus_credit",
     "consensus_credit_by_image",
@@ -49,6 +58,10 @@ REWARD_AGREE = 1.0  # IoU with the consensus above eta
 REWARD_DISAGREE = 0.5  # in the quorum, IoU at or below eta
 REWARD_NONE = 0.0  # wrong answer or no box
 
+QUORUM_RULES = ("correct_with_box", "correct")
+"""Who votes in the consensus (``T+``): correct trajectories with a zoom box, or every correct one."""
+DEFAULT_QUORUM = "correct_with_box"
+
 
 @dataclass(frozen=True)
 class CCAResult:
@@ -56,7 +69,8 @@ class CCAResult:
 
     Attributes:
         rewards: (N,) tool reward per trajectory, each 0.0, 0.5 or 1.0.
-        ious: (N,) IoU(M_j, consensus) for quorum members, None outside the quorum.
+        ious: (N,) IoU(M_j, consensus) for quorum members with a box; None for every other
+            trajectory (a box-less quorum member under the paper's ``quorum="correct"`` too).
         quorum_size: |T+|.
         consensus: the majority region as disjoint rectangles, ``(x1, y1, x2, y2)`` pixels from
             :func:`consensus_credit`; ``(image_index, box)`` pairs from
@@ -67,6 +81,12 @@ class CCAResult:
     ious: list[float | None]
     quorum_size: int
     consensus: list
+
+
+def _check_quorum(quorum: object) -> str:
+    if not isinstance(quorum, str) or quorum not in QUORUM_RULES:
+        raise ValueError(f"quorum must be one of {QUORUM_RULES}, got {quorum!r}")
+    return str(quorum)
 
 
 def _check_eta(eta: object) -> float:
@@ -205,6 +225,7 @@ def _credit(
     eta: float,
     *,
     region: bool = True,
+    quorum_rule: str = DEFAULT_QUORUM,
 ) -> CCAResult:
     """The one CCA code path.
 
@@ -215,6 +236,7 @@ def _credit(
         correct: (N,) truthy when correct. eta: threshold, already validated.
         region: build the consensus rectangles; :func:`tool_rewards` skips them (a third of the
             cost), leaving ``consensus`` empty.
+        quorum_rule: one of :data:`QUORUM_RULES`, already validated.
     Returns:
         CCAResult with ``consensus`` as ``(image_index, box)`` pairs.
     """
@@ -225,12 +247,14 @@ def _credit(
     is_correct = np.fromiter((bool(c) for c in correct), dtype=bool, count=n)
     has_box = np.zeros(n, dtype=bool)
     has_box[traj] = True
-    quorum = np.flatnonzero(is_correct & has_box)
+    quorum = np.flatnonzero(is_correct & has_box if quorum_rule == "correct_with_box" else is_correct)
     q = len(quorum)
     rewards = [REWARD_NONE] * n
     ious: list[float | None] = [None] * n
-    if q == 0:
-        return CCAResult(rewards, ious, 0, [])
+    # Under the paper's rule a quorum may hold correct trajectories without boxes: they count toward
+    # |T+| (the majority threshold) but earn nothing. No box in the quorum: no consensus at all.
+    if q == 0 or not has_box[quorum].any():
+        return CCAResult(rewards, ious, q, [])
 
     # Position of each trajectory inside the quorum (-1 outside), then keep the quorum's boxes.
     position = np.full(n, -1, dtype=np.intp)
@@ -262,9 +286,11 @@ def _credit(
         if region:
             consensus.extend((image, b) for b in _rectangles(cons.reshape(shape), xs, ys))
 
-    # Every quorum member has a non-empty box, so union > 0; the guard keeps the rule total.
+    # Every quorum member with a box has union > 0; the guard keeps the rule total.
     values = np.divide(inter, union, out=np.zeros(q), where=union > 0).tolist()
     for j, value in zip(quorum.tolist(), values):
+        if not has_box[j]:
+            continue  # the paper's quorum: a correct answer without a zoom votes, earns no tool reward
         ious[j] = value
         rewards[j] = REWARD_AGREE if value > eta else REWARD_DISAGREE
     return CCAResult(rewards, ious, q, consensus)
@@ -279,6 +305,7 @@ def consensus_credit_by_image(
     boxes_per_traj: Sequence[Sequence[tuple[int, Sequence[float]]]],
     correct: Sequence[object],
     eta: float = 0.5,
+    quorum: str = DEFAULT_QUORUM,
 ) -> CCAResult:
     """CCA for a group whose boxes may lie on several images.
 
@@ -287,6 +314,8 @@ def consensus_credit_by_image(
             original-image pixels of that image.
         correct: (N,) truthy when the trajectory's answer is correct (e.g. ``R_acc > 0``).
         eta: IoU threshold in [0, 1]; ``IoU > eta`` (strict) earns 1.0.
+        quorum: who votes (:data:`QUORUM_RULES`): ``"correct_with_box"`` (default) or ``"correct"``
+            (the paper's ``T+``: every correct trajectory, a box-less one voting for no region).
 
     The consensus is computed per image over the whole quorum (a quorum member without boxes on
     an image still counts toward ``|T+|`` there), and
@@ -295,29 +324,33 @@ def consensus_credit_by_image(
     Returns:
         CCAResult with ``consensus`` as a list of ``(image_index, box)``.
     Raises:
-        ValueError: lengths differ, eta outside [0, 1], malformed boxes or image indices.
+        ValueError: lengths differ, eta outside [0, 1], unknown quorum, malformed boxes or image
+            indices.
     """
     _check_lengths(boxes_per_traj, correct)
     eta = _check_eta(eta)
-    return _credit(*_flatten_tagged(boxes_per_traj), correct, eta)
+    quorum = _check_quorum(quorum)
+    return _credit(*_flatten_tagged(boxes_per_traj), correct, eta, quorum_rule=quorum)
 
 
 def consensus_credit(
     boxes_per_traj: Sequence[Sequence[Sequence[float]]],
     correct: Sequence[object],
     eta: float = 0.5,
+    quorum: str = DEFAULT_QUORUM,
 ) -> CCAResult:
     """CCA for a single-image group: :func:`consensus_credit_by_image` with every box on image 0.
 
     Args:
         boxes_per_traj: (N,) per trajectory, a list of ``(x1, y1, x2, y2)`` original-image px.
         correct: (N,) truthy when correct. eta: IoU threshold in [0, 1].
+        quorum: who votes (:data:`QUORUM_RULES`).
     Returns:
         CCAResult with ``consensus`` as a list of boxes.
     Raises:
-        ValueError: lengths differ, eta outside [0, 1], malformed boxes.
+        ValueError: lengths differ, eta outside [0, 1], unknown quorum, malformed boxes.
     """
-    return _single_image(boxes_per_traj, correct, eta, region=True)
+    return _single_image(boxes_per_traj, correct, eta, region=True, quorum=quorum)
 
 
 def _single_image(
@@ -326,11 +359,13 @@ def _single_image(
     eta: float,
     *,
     region: bool,
+    quorum: str = DEFAULT_QUORUM,
 ) -> CCAResult:
     _check_lengths(boxes_per_traj, correct)
     eta = _check_eta(eta)
+    quorum = _check_quorum(quorum)
     # Same core as the multi-image path; tagging skipped only to save per-box Python work.
-    result = _credit(*_flatten_plain(boxes_per_traj), correct, eta, region=region)
+    result = _credit(*_flatten_plain(boxes_per_traj), correct, eta, region=region, quorum_rule=quorum)
     return CCAResult(result.rewards, result.ious, result.quorum_size, [box for _, box in result.consensus])
 
 
@@ -338,6 +373,7 @@ def tool_rewards(
     boxes_per_traj: Sequence[Sequence[Sequence[float]]],
     correct: Sequence[object],
     eta: float = 0.5,
+    quorum: str = DEFAULT_QUORUM,
 ) -> list[float]:
     """Per-trajectory CCA tool reward (1.0 / 0.5 / 0.0): ``consensus_credit(...).rewards``.
 
@@ -345,7 +381,8 @@ def tool_rewards(
         boxes_per_traj: (N,) per trajectory, a list of ``(x1, y1, x2, y2)`` in original-image px.
         correct: (N,) bools (truthy = correct).
         eta: IoU threshold in [0, 1] (default 0.5).
+        quorum: who votes (:data:`QUORUM_RULES`, default ``"correct_with_box"``).
     Returns:
         (N,) rewards. Skips building the consensus rectangles, which only the result object shows.
     """
-    return _single_image(boxes_per_traj, correct, eta, region=False).rewards
+    return _single_image(boxes_per_traj, correct, eta, region=False, quorum=quorum).rewards

@@ -9,6 +9,7 @@ and tune it under ``reward.reward_kwargs`` (veRL's place for reward-manager opti
       reward_kwargs:
         tool_reward: consensus   # none | unconditional | correct | consensus
         eta: 0.5                 # IoU threshold of CCA
+        quorum: correct_with_box # who votes in CCA (T+): correct_with_box | correct (the paper's)
         w_tool: 1.0
         format_weight: 0.1       # size of R_format (penalty: lost by a badly formatted response)
         format_mode: penalty     # penalty: R = acc - w * (1 - format); bonus: R = acc + w * format
@@ -49,6 +50,7 @@ from verl.experimental.reward_loop.reward_manager.base import RewardManagerBase
 
 from medvr_verl import scoring
 from medvr_verl.composite import TOOL_REWARD_VARIANTS, GroupRewards, MemberOutcome, group_rewards
+from medvr_verl.consensus import DEFAULT_QUORUM, QUORUM_RULES
 from medvr_verl.tool_calls import DEFAULT_TOOL_NAME, trajectory_boxes
 
 logger = logging.getLogger(__name__)
@@ -73,6 +75,7 @@ class CCARewardSettings:
     tool_name: str = DEFAULT_TOOL_NAME
     group_size: int | None = None
     group_timeout_s: float = 600.0
+    quorum: str = DEFAULT_QUORUM
 
     def __post_init__(self):
         if self.tool_reward not in TOOL_REWARD_VARIANTS:
@@ -93,6 +96,8 @@ class CCARewardSettings:
             raise ValueError(f"reward.reward_kwargs.group_size must be >= 1 or null, got {self.group_size}")
         if not self.group_timeout_s > 0:
             raise ValueError(f"reward.reward_kwargs.group_timeout_s must be > 0, got {self.group_timeout_s}")
+        if self.quorum not in QUORUM_RULES:
+            raise ValueError(f"reward.reward_kwargs.quorum must be one of {QUORUM_RULES}, got {self.quorum!r}")
 
     @classmethod
     def from_config(cls, config) -> CCARewardSettings:
@@ -164,7 +169,8 @@ class MedVRCCARewardManager(RewardManagerBase):
         return self._result(info, self._group_rewards(members), me, partial=joined["partial"])
 
     def _group_rewards(self, members: list[MemberOutcome]) -> GroupRewards:
-        return group_rewards(members, self.settings.tool_reward, self.settings.eta, self.settings.w_tool)
+        s = self.settings
+        return group_rewards(members, s.tool_reward, s.eta, s.w_tool, quorum=s.quorum)
 
     def _expected_group_size(self, extra_info: Any) -> int:
         split = extra_info.get("split") if isinstance(extra_info, dict) else None

@@ -61,6 +61,41 @@ def test_unknown_variant_is_refused():
 
 
 # ------------------------------------------------------------------------------------------------
+# quorum (issue 13): who votes in the consensus
+# ------------------------------------------------------------------------------------------------
+
+
+def test_paper_quorum_counts_the_correct_answer_without_a_zoom():
+    # T+ = the 4 correct trajectories (3 zoomers + 1 without a zoom): A is covered by 2, not > 4/2,
+    # so there is no consensus and every correct zoom gets 0.5; the one without a zoom votes, earns 0.
+    result = group_rewards(_group(), "consensus", eta=0.5, w_tool=1.0, quorum="correct")
+    assert result.quorum_size == 4 and result.consensus == []
+    assert [r.tool_reward for r in result.members] == [0.5, 0.5, 0.5, 0.0, 0.0]
+    assert [r.reward for r in result.members] == [2.5, 2.5, 2.5, 1.0, 2.0]
+    assert [r.in_quorum for r in result.members] == [True, True, True, False, True]
+    assert [r.iou for r in result.members] == [0.0] * 5
+
+
+def test_default_quorum_is_correct_with_box():
+    assert group_rewards(_group(), "consensus") == group_rewards(_group(), "consensus", quorum="correct_with_box")
+
+
+@pytest.mark.parametrize("variant", ["none", "unconditional", "correct"])
+def test_quorum_changes_no_reward_outside_the_consensus_variant(variant):
+    ours = group_rewards(_group(), variant, quorum="correct_with_box")
+    paper = group_rewards(_group(), variant, quorum="correct")
+    assert [r.reward for r in ours.members] == [r.reward for r in paper.members]
+    assert [r.tool_reward for r in ours.members] == [r.tool_reward for r in paper.members]
+    assert (ours.quorum_size, paper.quorum_size) == (3, 4)
+
+
+@pytest.mark.parametrize("quorum", ["paper", None, "CORRECT"])
+def test_unknown_quorum_is_refused(quorum):
+    with pytest.raises(ValueError, match="quorum must be one of"):
+        group_rewards(_group(), "consensus", quorum=quorum)
+
+
+# ------------------------------------------------------------------------------------------------
 # Hostile member data (issue 10): never raises, never leaks into another member's reward
 # ------------------------------------------------------------------------------------------------
 
@@ -70,6 +105,7 @@ from hypothesis import given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
 from medvr_verl.composite import TOOL_REWARD_VARIANTS, clean_boxes  # noqa: E402
+from medvr_verl.consensus import QUORUM_RULES, consensus_credit_by_image  # noqa: E402
 
 _BAD_BOXES = [
     (0, (math.nan, 0.0, 1.0, 1.0)),
@@ -139,9 +175,9 @@ _member = st.builds(
 
 
 @settings(max_examples=300, deadline=None)
-@given(st.lists(_member, max_size=6), st.sampled_from(TOOL_REWARD_VARIANTS))
-def test_any_member_data_gives_finite_rewards(members, variant):
-    result = group_rewards(members, variant)
+@given(st.lists(_member, max_size=6), st.sampled_from(TOOL_REWARD_VARIANTS), st.sampled_from(QUORUM_RULES))
+def test_any_member_data_gives_finite_rewards(members, variant, quorum):
+    result = group_rewards(members, variant, quorum=quorum)
     assert len(result.members) == len(members)
     for r in result.members:
         assert math.isfinite(r.reward) and r.tool_reward in (0.0, 0.5, 1.0) and math.isfinite(r.iou)
@@ -183,3 +219,22 @@ def test_reward_manager_data_flow_with_one_hostile_member():
     with_hostile = group_rewards([o for o, _ in outcomes], "consensus").members
     without = group_rewards([o for o, _ in outcomes[:2]], "consensus").members
     assert with_hostile[:2] == without and with_hostile[2].reward == 1.0 and not with_hostile[2].in_quorum
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(_member, max_size=6), st.sampled_from(QUORUM_RULES), st.sampled_from([0.0, 0.5, 0.9]))
+def test_consensus_variant_is_cca_of_the_cleaned_members(members, quorum, eta):
+    """Under either quorum rule the consensus variant is R_base + 1(acc > 0) * w * CCA reward of the
+    cleaned boxes (CCA itself is checked against a raster in test_consensus_on_cpu)."""
+    from medvr_verl.composite import _finite
+
+    result = group_rewards(members, "consensus", eta=eta, w_tool=2.0, quorum=quorum)
+    boxes = [clean_boxes(m.boxes) for m in members]
+    correct = [_finite(m.acc) > 0 for m in members]
+    cca = consensus_credit_by_image(boxes, correct, eta, quorum=quorum)
+    assert [r.tool_reward for r in result.members] == cca.rewards
+    assert result.quorum_size == cca.quorum_size and result.consensus == cca.consensus
+    expected = [_finite(m.base_score) + (2.0 * t if c else 0.0) for m, t, c in zip(members, cca.rewards, correct)]
+    assert [r.reward for r in result.members] == expected
+    voters = [c and (bool(b) or quorum == "correct") for c, b in zip(correct, boxes)]
+    assert [r.in_quorum for r in result.members] == voters

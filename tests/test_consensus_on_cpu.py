@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 
 from medvr_verl.boxes import box_area, union_area
 from medvr_verl.consensus import (
+    QUORUM_RULES,
     CCAResult,
     consensus_credit,
     consensus_credit_by_image,
@@ -33,13 +34,21 @@ def raster(boxes, width=W, height=H) -> np.ndarray:
     return mask
 
 
-def raster_cca_by_image(tagged_per_traj, correct, eta, n_images, width=W, height=H):
-    """Reference CCA: rewards, ious, quorum size, consensus masks per image."""
+def raster_cca_by_image(tagged_per_traj, correct, eta, n_images, width=W, height=H, quorum_rule="correct_with_box"):
+    """Reference CCA: rewards, ious, quorum size, consensus masks per image.
+
+    ``quorum_rule``: "correct_with_box" (T+ = correct with a non-empty box) or "correct" (the paper's
+    T+ = every correct trajectory; one without a box votes with an empty mask and earns nothing).
+    """
     masks = [
         [raster([b for i, b in tagged if i == img], width, height) for img in range(n_images)]
         for tagged in tagged_per_traj
     ]
-    quorum = [j for j, c in enumerate(correct) if c and any(m.any() for m in masks[j])]
+    has_box = [any(m.any() for m in masks[j]) for j in range(len(correct))]
+    if quorum_rule == "correct":
+        quorum = [j for j, c in enumerate(correct) if c]
+    else:
+        quorum = [j for j, c in enumerate(correct) if c and has_box[j]]
     q = len(quorum)
     consensus = []
     for img in range(n_images):
@@ -48,6 +57,8 @@ def raster_cca_by_image(tagged_per_traj, correct, eta, n_images, width=W, height
     rewards = [0.0] * len(correct)
     ious = [None] * len(correct)
     for j in quorum:
+        if not has_box[j]:
+            continue
         inter = sum(int((masks[j][i] & consensus[i]).sum()) for i in range(n_images))
         union = sum(int((masks[j][i] | consensus[i]).sum()) for i in range(n_images))
         ious[j] = inter / union if union else 0.0
@@ -55,9 +66,9 @@ def raster_cca_by_image(tagged_per_traj, correct, eta, n_images, width=W, height
     return rewards, ious, q, consensus
 
 
-def raster_cca(boxes_per_traj, correct, eta, width=W, height=H):
+def raster_cca(boxes_per_traj, correct, eta, width=W, height=H, quorum_rule="correct_with_box"):
     tagged = [[(0, b) for b in boxes] for boxes in boxes_per_traj]
-    rewards, ious, q, consensus = raster_cca_by_image(tagged, correct, eta, 1, width, height)
+    rewards, ious, q, consensus = raster_cca_by_image(tagged, correct, eta, 1, width, height, quorum_rule)
     return rewards, ious, q, consensus[0]
 
 
@@ -78,6 +89,7 @@ def groups(draw, max_traj=8):
 
 
 etas = st.sampled_from([0.0, 0.25, 0.5, 0.75, 1.0]) | st.floats(0, 1)
+quorums = st.sampled_from(QUORUM_RULES)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -86,15 +98,15 @@ etas = st.sampled_from([0.0, 0.25, 0.5, 0.75, 1.0]) | st.floats(0, 1)
 
 
 @settings(deadline=None, max_examples=250)
-@given(groups(), etas)
-def test_cca_matches_raster(group, eta):
+@given(groups(), etas, quorums)
+def test_cca_matches_raster(group, eta, quorum):
     boxes, correct = group
-    rewards, ious, q, consensus = raster_cca(boxes, correct, eta)
-    result = consensus_credit(boxes, correct, eta)
+    rewards, ious, q, consensus = raster_cca(boxes, correct, eta, quorum_rule=quorum)
+    result = consensus_credit(boxes, correct, eta, quorum=quorum)
     assert result.rewards == rewards
     assert result.ious == ious  # exact: both are quotients of the same integer pixel counts
     assert result.quorum_size == q
-    assert tool_rewards(boxes, correct, eta) == rewards
+    assert tool_rewards(boxes, correct, eta, quorum=quorum) == rewards
     # The consensus rectangles rasterize to exactly the majority mask, and are disjoint.
     region = [tuple(int(v) for v in b) for b in result.consensus]
     assert all(float(v).is_integer() for b in result.consensus for v in b)
@@ -128,12 +140,13 @@ def test_consensus_region_matches_raster(unions):
     ),
     st.data(),
     etas,
+    quorums,
 )
-def test_cca_by_image_matches_raster(n_and_tagged, data, eta):
+def test_cca_by_image_matches_raster(n_and_tagged, data, eta, quorum):
     n_images, tagged = n_and_tagged
     correct = data.draw(st.lists(st.booleans(), min_size=len(tagged), max_size=len(tagged)))
-    rewards, ious, q, consensus = raster_cca_by_image(tagged, correct, eta, n_images)
-    result = consensus_credit_by_image(tagged, correct, eta)
+    rewards, ious, q, consensus = raster_cca_by_image(tagged, correct, eta, n_images, quorum_rule=quorum)
+    result = consensus_credit_by_image(tagged, correct, eta, quorum=quorum)
     assert result.rewards == rewards
     assert result.ious == ious
     assert result.quorum_size == q
@@ -191,14 +204,82 @@ def test_scale_invariance_exact_for_powers_of_two(group, sx, sy, eta):
 
 
 @settings(deadline=None, max_examples=100)
-@given(groups(), st.randoms(use_true_random=False))
-def test_permutation_equivariance(group, rnd):
+@given(groups(), st.randoms(use_true_random=False), quorums)
+def test_permutation_equivariance(group, rnd, quorum):
     boxes, correct = group
     order = list(range(len(boxes)))
     rnd.shuffle(order)
-    base = tool_rewards(boxes, correct)
-    permuted = tool_rewards([boxes[i] for i in order], [correct[i] for i in order])
+    base = tool_rewards(boxes, correct, quorum=quorum)
+    permuted = tool_rewards([boxes[i] for i in order], [correct[i] for i in order], quorum=quorum)
     assert permuted == [base[i] for i in order]
+
+
+# ----------------------------------------------------------------------------------------------
+# The quorum rule: correct_with_box (default) against the paper's T+ = every correct trajectory
+# ----------------------------------------------------------------------------------------------
+
+
+def _nonempty(boxes):
+    return any(x2 > x1 and y2 > y1 for x1, y1, x2, y2 in boxes)
+
+
+@settings(deadline=None, max_examples=200)
+@given(groups(), etas)
+def test_quorum_rules_agree_when_every_correct_trajectory_zoomed(group, eta):
+    boxes, correct = group
+    correct = [c and _nonempty(b) for c, b in zip(correct, boxes)]
+    assert consensus_credit(boxes, correct, eta, quorum="correct") == consensus_credit(
+        boxes, correct, eta, quorum="correct_with_box"
+    )
+
+
+@settings(deadline=None, max_examples=200)
+@given(groups(), etas)
+def test_paper_quorum_counts_every_correct_trajectory_and_pays_only_zooms(group, eta):
+    boxes, correct = group
+    paper = consensus_credit(boxes, correct, eta, quorum="correct")
+    ours = consensus_credit(boxes, correct, eta, quorum="correct_with_box")
+    assert paper.quorum_size == sum(map(bool, correct))
+    assert ours.quorum_size == sum(bool(c) and _nonempty(b) for c, b in zip(correct, boxes))
+    for b, c, r, iou in zip(boxes, correct, paper.rewards, paper.ious):
+        if not (c and _nonempty(b)):  # wrong, or correct without a zoom: no tool reward, no IoU
+            assert r == 0.0 and iou is None
+        else:
+            assert r in (0.5, 1.0) and iou is not None
+    # Box-less voters only raise the bar: the paper's consensus lies inside ours.
+    mask_paper = raster([tuple(int(v) for v in b) for b in paper.consensus])
+    mask_ours = raster([tuple(int(v) for v in b) for b in ours.consensus])
+    assert not (mask_paper & ~mask_ours).any()
+
+
+def test_paper_quorum_box_less_voters_can_empty_the_consensus():
+    # 2 correct zoomers agree on A; 3 correct answers without a zoom. Ours: |T+| = 2, consensus A.
+    # The paper's: |T+| = 5, A is covered by 2 <= 5/2: no consensus, both zoomers get 0.5.
+    a = (0, 0, 10, 10)
+    boxes, correct = [[a], [a], [], [], []], [True] * 5
+    ours = consensus_credit(boxes, correct, quorum="correct_with_box")
+    assert ours.rewards == [1.0, 1.0, 0.0, 0.0, 0.0] and ours.quorum_size == 2 and ours.consensus == [a]
+    paper = consensus_credit(boxes, correct, quorum="correct")
+    assert paper == CCAResult([0.5, 0.5, 0.0, 0.0, 0.0], [0.0, 0.0, None, None, None], 5, [])
+    # With one box-less voter the majority of 3 still holds A.
+    paper = consensus_credit(boxes[:3], correct[:3], quorum="correct")
+    assert paper == CCAResult([1.0, 1.0, 0.0], [1.0, 1.0, None], 3, [a])
+
+
+def test_paper_quorum_without_any_box():
+    assert consensus_credit([[], []], [True, True], quorum="correct") == CCAResult(
+        [0.0, 0.0], [None, None], 2, []
+    )
+
+
+@pytest.mark.parametrize("quorum", ["paper", "", None, 1, ["correct"], "Correct"])
+def test_bad_quorum(quorum):
+    with pytest.raises(ValueError, match="quorum must be one of"):
+        consensus_credit([[(0, 0, 1, 1)]], [True], quorum=quorum)
+    with pytest.raises(ValueError, match="quorum must be one of"):
+        consensus_credit_by_image([[(0, (0, 0, 1, 1))]], [True], quorum=quorum)
+    with pytest.raises(ValueError, match="quorum must be one of"):
+        tool_rewards([[(0, 0, 1, 1)]], [True], quorum=quorum)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -416,14 +497,14 @@ def _sweep_only():
 
 
 @settings(deadline=None, max_examples=250)
-@given(groups(), etas)
-def test_sweep_cca_matches_raster_and_dense(group, eta):
+@given(groups(), etas, quorums)
+def test_sweep_cca_matches_raster_and_dense(group, eta, quorum):
     boxes, correct = group
-    rewards, ious, q, consensus = raster_cca(boxes, correct, eta)
-    dense = consensus_credit(boxes, correct, eta)
+    rewards, ious, q, consensus = raster_cca(boxes, correct, eta, quorum_rule=quorum)
+    dense = consensus_credit(boxes, correct, eta, quorum=quorum)
     with _sweep_only():
-        result = consensus_credit(boxes, correct, eta)
-        assert tool_rewards(boxes, correct, eta) == rewards
+        result = consensus_credit(boxes, correct, eta, quorum=quorum)
+        assert tool_rewards(boxes, correct, eta, quorum=quorum) == rewards
     assert result.rewards == rewards and result.ious == ious and result.quorum_size == q
     assert result == dense  # same rectangles in the same order, bit-identical IoUs
     region = [tuple(int(v) for v in b) for b in result.consensus]
@@ -434,14 +515,15 @@ def test_sweep_cca_matches_raster_and_dense(group, eta):
 @given(
     st.lists(st.lists(st.tuples(st.integers(0, 2), st.one_of(int_box, near_box)), max_size=5), min_size=1, max_size=7),
     st.data(),
+    quorums,
 )
-def test_sweep_by_image_and_region_equal_dense(tagged, data):
+def test_sweep_by_image_and_region_equal_dense(tagged, data, quorum):
     correct = data.draw(st.lists(st.booleans(), min_size=len(tagged), max_size=len(tagged)))
-    dense = consensus_credit_by_image(tagged, correct)
+    dense = consensus_credit_by_image(tagged, correct, quorum=quorum)
     unions = [[b for _, b in t] for t in tagged]
     dense_region = consensus_region(unions)
     with _sweep_only():
-        assert consensus_credit_by_image(tagged, correct) == dense
+        assert consensus_credit_by_image(tagged, correct, quorum=quorum) == dense
         assert consensus_region(unions) == dense_region
 
 

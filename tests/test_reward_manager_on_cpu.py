@@ -53,11 +53,35 @@ def test_config_resolves_through_veRL(tiny_model_path):
         ({"group_size": 0}, "group_size"),
         ({"group_timeout_s": 0}, "group_timeout_s"),
         ({"w_tool": float("nan")}, "finite"),
+        ({"quorum": "paper"}, "quorum must be one of"),
     ],
 )
 def test_bad_settings_are_refused_clearly(kwargs, message):
     with pytest.raises(ValueError, match=message):
         CCARewardSettings(**kwargs)
+
+
+def test_quorum_setting_reaches_the_group_rewards():
+    """reward.reward_kwargs.quorum: correct_with_box (default) | correct (the paper's T+)."""
+    from omegaconf import OmegaConf
+
+    from medvr_verl.composite import MemberOutcome
+    from medvr_verl.reward_manager import MedVRCCARewardManager
+
+    assert CCARewardSettings().quorum == "correct_with_box"
+    config = OmegaConf.create({"reward": {"reward_kwargs": {"tool_reward": "consensus", "quorum": "correct"}}})
+    assert CCARewardSettings.from_config(config).quorum == "correct"
+    box = (0, (0.0, 0.0, 10.0, 10.0))
+    # two correct zooms on the same box, two correct answers without a zoom
+    members = [MemberOutcome(1.0, 1.0, [box]), MemberOutcome(1.0, 1.0, [box])] + [MemberOutcome(1.0, 1.0, [])] * 2
+    manager = object.__new__(MedVRCCARewardManager)
+    for quorum, rewards, quorum_size in (
+        ("correct_with_box", [2.0, 2.0, 1.0, 1.0], 2),  # consensus of the 2 zooms: the box
+        ("correct", [1.5, 1.5, 1.0, 1.0], 4),  # 2 of 4 voters is no majority: no consensus
+    ):
+        manager.settings = CCARewardSettings(quorum=quorum)
+        group = manager._group_rewards(members)
+        assert [m.reward for m in group.members] == rewards and group.quorum_size == quorum_size
 
 
 def _responses(output, tokenizer):
