@@ -49,12 +49,12 @@ import io
 import json
 import os
 import sys
-import tempfile
 import time
 from collections import OrderedDict
 from collections.abc import Iterable, Iterator
 from typing import Any
 
+from medvr_verl import io_utils
 from medvr_verl.data.prompts import build_messages, default_system_prompt
 from medvr_verl.data.readers import READERS
 from medvr_verl.data.records import (
@@ -338,16 +338,6 @@ class _ImageLoader:
 # --------------------------------------------------------------------------------------------------
 
 
-def _progress(iterable: Iterable, enabled: bool, desc: str) -> Iterable:
-    if not enabled:
-        return iterable
-    try:
-        from tqdm.auto import tqdm
-    except ImportError:  # pragma: no cover
-        return iterable
-    return tqdm(iterable, desc=desc, unit=" q", file=sys.stderr)
-
-
 def check_output_path(out_path: str | os.PathLike) -> str:
     """The absolute output path, or ValueError with one line saying what is wrong with it.
 
@@ -434,11 +424,11 @@ def write_records(
     created = _missing_folders(out_dir)  # removed again when the conversion fails: nothing is left
     try:
         os.makedirs(out_dir, exist_ok=True)
-        fd, tmp_path = tempfile.mkstemp(dir=out_dir, prefix=f".{os.path.basename(out_path)}.", suffix=".tmp")
+        target = io_utils.AtomicFile(out_path)  # the parquet gets the user's umask, not mkstemp's 0600
     except OSError as exc:
         _remove_empty(created)
         raise ValueError(f"cannot write {out_path!r}: {exc.strerror or exc}; choose a writable output path") from None
-    os.close(fd)
+    tmp_path = str(target.tmp)
     writer = None
     try:
         writer = pq.ParquetWriter(tmp_path, schema)
@@ -453,7 +443,8 @@ def write_records(
                 buffered_bytes = 0
 
         iterator: Iterator[Record] = iter(records)
-        for record in _progress(iterator, progress, f"{report.dataset or 'convert'} [{report.split}]"):
+        desc = f"{report.dataset or 'convert'} [{report.split}]"
+        for record in io_utils.progress(iterator, enabled=progress, desc=desc, unit=" q"):
             if limit is not None and report.written >= limit:
                 break
             if not record.images:
@@ -485,19 +476,14 @@ def write_records(
         writer = None
         if report.written == 0 and not allow_empty:
             raise ValueError(f"no rows to write; nothing was written to {out_path}.\n{report.summary()}")
-        with open(tmp_path, "rb+") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp_path, out_path)
+        target.commit()
     except BaseException:
         if writer is not None:
             try:
                 writer.close()
             except Exception:
                 pass
-        try:
-            os.unlink(tmp_path)
-        except FileNotFoundError:
-            pass
+        target.discard()
         _remove_empty(created)
         raise
     finally:

@@ -1,4 +1,5 @@
-"""The evaluation report: markdown table, ``results.json``, per-sample JSONL; atomic writes.
+"""The evaluation report: markdown table, ``results.json``, per-sample JSONL; atomic writes with the
+user's umask (:mod:`medvr_verl.io_utils`).
 
 Pure (no veRL/torch). ``results.md`` holds the paper's table (our row plus the paper's reported rows,
 labelled as such), the per-benchmark breakdown and the grounding check; ``results.json`` the same
@@ -10,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -24,6 +24,7 @@ from medvr_verl.eval.metrics import (
     fmt_pct,
     table_row,
 )
+from medvr_verl.io_utils import AtomicFile, atomic_write_text
 
 __all__ = ["JsonlWriter", "atomic_write_text", "markdown", "write_results"]
 
@@ -169,34 +170,14 @@ def markdown(results: Mapping[str, Any], *, model: str | None = None, paper_rows
 # --------------------------------------------------------------------------------------------------
 
 
-def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
-    """Write ``text`` to a temporary file beside ``path`` and rename it over ``path``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-    return path
-
-
 class JsonlWriter:
     """Streams records to ``<path>.partial`` (readable while a long run goes on); :meth:`close` renames
     it to ``path``. Leaving a ``with`` block on an error keeps the ``.partial`` file for inspection."""
 
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         self.partial = self.path.with_name(self.path.name + ".partial")
+        self._file = AtomicFile(self.path, temp=self.partial)
         self._fh = open(self.partial, "w", encoding="utf-8")
 
     def write(self, record: Mapping[str, Any]) -> None:
@@ -207,10 +188,8 @@ class JsonlWriter:
 
     def close(self) -> Path:
         if not self._fh.closed:
-            self._fh.flush()
-            os.fsync(self._fh.fileno())
             self._fh.close()
-            os.replace(self.partial, self.path)
+            self._file.commit()
         return self.path
 
     def abort(self) -> None:
