@@ -12,7 +12,7 @@ trained model.
 
 Afterwards it reads the run's own rollout dump (veRL's ``trainer.rollout_data_dir``): one row per
 trajectory (step, group, base or fork, zoom box, answer, reward, GRPO advantage from veRL's
-``compute_grpo_outcome_advantage``), PNG overlays of each group's zooms and CCA consensus, the
+``compute_grpo_outcome_advantage``), PNG overlays of each group's zooms and CCA consensus (``overlays/``), the
 per-step training metrics (veRL's ``file`` logger), the rollout server's weight syncs, and the
 peak memory (RSS summed over every process of the run, Ray's included).
 """
@@ -126,7 +126,7 @@ def run_training(out: Path, steps: int, save_freq: int, resume: bool = False, me
             for line in proc.stdout:
                 log.write(line)
                 if _SHOW.search(line):
-                    print(line.rstrip()[:2000], flush=True)
+                    print(line.rstrip(), flush=True)
             code = proc.wait()
     elapsed = time.monotonic() - start
     if code != 0:
@@ -289,7 +289,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--steps must be at least 2")
     out = args.out.resolve()
     out.mkdir(parents=True, exist_ok=True)
-    for stale in ("rollouts", "viz", "metrics.jsonl", "rollout_weights.jsonl"):
+    for stale in ("rollouts", "viz", "overlays", "metrics.jsonl", "rollout_weights.jsonl"):
         path = out / stale
         if path.is_dir():
             import shutil
@@ -313,8 +313,11 @@ def main(argv: list[str] | None = None) -> int:
             f"  v{rec['version']} after step {rec['global_steps']}: {rec['fingerprint']} "
             f"changed={rec['changed']} max|delta|={rec['max_abs_delta']:.3g}"
         )
-    pngs = write_overlays(table, out, out / "viz")
-    print(f"\nOverlays of each group's zooms and CCA consensus: {len(pngs)} PNG(s) in {out / 'viz'}")
+    pngs = write_overlays(table, out, out / "overlays")
+    print(f"\nOverlays of each group's zooms and CCA consensus: {len(pngs)} PNG(s) in {out / 'overlays'}")
+    during = sorted((out / "viz").glob("*.png"))
+    if during:
+        print(f"(and {len(during)} drawn during training by the rollout manager, rollout.custom.viz: {out / 'viz'})")
     print(
         f"Peak memory of the run: {memory.peak / 2**30:.2f} GB resident over all its {memory.peak_processes} "
         f"processes (PSS sum: shared pages counted once; plain per-process RSS sum "

@@ -105,7 +105,7 @@ def test_demo_prints_the_run(demo):
     assert re.search(r"step:2 - ", stdout)  # veRL's console step line, shown live
     rows = [line.split() for line in stdout.splitlines() if re.match(r"[12]\s+[0-9a-f]{8}\s+\d\s+(base|fork)", line)]
     assert len(rows) == 16 and sum(row[3] == "fork" for row in rows) == 8
-    assert len(list((out / "viz").glob("step*_*.png"))) == 4
+    assert len(list((out / "overlays").glob("step*_*.png"))) == 4  # one per group, from the rollout dump
     peak = re.search(r"Peak memory of the run: ([0-9.]+) GB", stdout)
     assert peak and 0 < float(peak.group(1)) < 6
 

@@ -113,8 +113,10 @@ class CPURolloutServer:
         from transformers import GenerationConfig
 
         shipped = self._model.generation_config
+        eos = shipped.eos_token_id
+        self._shipped_eos = [int(e) for e in (eos if isinstance(eos, list) else [eos]) if e is not None]
         self._model.generation_config = GenerationConfig(
-            eos_token_id=shipped.eos_token_id, pad_token_id=shipped.pad_token_id, bos_token_id=shipped.bos_token_id
+            pad_token_id=shipped.pad_token_id, bos_token_id=shipped.bos_token_id
         )
         self.fingerprint = weights_fingerprint(self._model.state_dict().items())
         self._log(f"loaded {path} (policy {self.policy}), weights {self.fingerprint}")
@@ -193,11 +195,11 @@ class CPURolloutServer:
         return [int(i) for i in ids if isinstance(i, int) and i != tokenizer.unk_token_id]
 
     def _eos_ids(self) -> list[int]:
+        """Stop ids vLLM uses by default: the tokenizer's eos plus generation_config.json's."""
         ids = []
-        eos = getattr(self._model.generation_config, "eos_token_id", None)
         tok_eos = self._processor.tokenizer.eos_token_id
-        for value in ([tok_eos] if tok_eos is not None else []) + (eos if isinstance(eos, list) else [eos]):
-            if value is not None and int(value) not in ids:
+        for value in ([tok_eos] if tok_eos is not None else []) + self._shipped_eos:
+            if int(value) not in ids:
                 ids.append(int(value))
         return ids
 
