@@ -13,8 +13,10 @@ Asked for with ``VERL_PLATFORM=cpu`` (veRL's own platform override variable; the
   :mod:`medvr_verl.cpu.tiny_run`: the tiny-model run shared by the demo, the CPU test and the GPU
   smoke run.
 
-veRL names touched that are not public API -- the only ones in this package (paths under
-site-packages/verl, veRL 0.9.1):
+The non-public veRL names this backend touches are in the package's one list,
+:mod:`medvr_verl.verl_private` (checked against the installed veRL by
+``tests/test_verl_private_on_cpu.py``). What each of them is for here (veRL 0.9.1 lines, under
+site-packages/verl):
 
 1. ``utils/distributed.py:83`` ``initialize_global_process_group_ray`` (line 89 builds the backend
    ``cpu:gloo,{device}:{backend}``, i.e. ``cpu:gloo,cpu:gloo`` on CPU, which torch refuses; also bound
@@ -32,10 +34,9 @@ site-packages/verl, veRL 0.9.1):
 4. ``workers/rollout/base.py:89`` ``_ROLLOUT_REGISTRY``: the training worker looks its rollout adapter
    up there by ``(name, "async")`` and there is no public registration; one entry is added for
    ``medvr_cpu`` (:func:`rollout.register_rollout`).
-5. ``workers/rollout/replica.py`` ``RolloutReplica._server_handle`` / ``_server_address`` /
-   ``servers``: set by :class:`rollout.CPURolloutReplica.launch_servers`, as veRL's own replicas do
-   (the base class's ``server_handle`` / ``server_address`` properties read them): the subclass
-   contract of ``launch_servers``, not a workaround.
+5. ``workers/rollout/replica.py`` ``RolloutReplica._server_handle`` / ``_server_address``: set by
+   :meth:`rollout.CPURolloutReplica.launch_servers`, as veRL's own replicas do (veRL's
+   ``LLMServerManager`` reads them): the subclass contract of ``launch_servers``.
 
 Public seams used: ``PlatformRegistry.register`` / ``VERL_PLATFORM`` (``verl/plugin/platform``),
 ``EngineRegistry.register``, ``RolloutReplicaRegistry.register``, ``RolloutReplica`` /
