@@ -37,6 +37,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+from dataclasses import dataclass
 from typing import Any
 
 from verl.experimental.agent_loop.agent_loop import register
@@ -52,8 +53,78 @@ logger = logging.getLogger(__name__)
 logger.setLevel(os.getenv("VERL_LOGGING_LEVEL", "WARN"))
 
 
-RUNTIME_KWARGS = ("medvr_publish_key", "medvr_fork")
-"""Per-sample kwargs the EVR worker passes to this loop; process-local, never sent to reward workers."""
+RUNTIME_KWARGS = ("medvr_publish_key", "medvr_fork", "medvr_fork_hook", "medvr_originals")
+"""Per-sample kwargs the EVR worker passes to this loop; process-local, never sent to reward workers.
+
+``medvr_fork_hook``: ``f(agent_data, call_index)`` called (synchronously, on the event loop) right
+after a turn with zoom call ``call_index`` was generated, before the tool runs: streaming EVR decides
+there and may start a fork from :func:`cut_fork_state`. ``medvr_originals``: the prompt's
+:class:`~medvr_verl.tools.image_io.OriginalImages`, shared by all samples and forks of the prompt
+(decoded once); without it each trajectory reads its own.
+"""
+
+
+@dataclass
+class ForkState:
+    """A trajectory cut right before the coordinates of its zoom call ``call``: what a fork starts from.
+
+    Every list is a copy of a prefix, so the base may go on (streaming EVR) without changing it.
+    """
+
+    call: int
+    messages: list
+    image_data: list | None
+    prompt_ids: list[int]
+    """Prompt + response tokens up to the start of the forked turn."""
+    turn_tokens: list[int]
+    """The forked turn's tokens before the coordinates (sent as a pending prefix of the next request)."""
+    turn_logprobs: list[float] | None
+    turn_entropy: list[float] | None
+    response_mask: list[int]
+    response_logprobs: list[float]
+    assistant_turns: int
+    user_turns: int
+    request_id: str
+    mm_processor_kwargs: Any
+    tool_rewards: list
+    turn_scores: list
+    extra_fields: dict
+    point: ForkPoint
+
+
+def cut_fork_state(base: AgentData, call_index: int) -> ForkState:
+    """``base`` (live or finished ``AgentData`` of a ``medvr_agent`` trajectory) cut at zoom call ``call_index``."""
+    record = record_of(base.extra_fields)
+    point = record.fork_points[call_index]
+    turn_abs_start = point.fork_prefix_len - (point.coord_start - point.turn_start)
+    prefix_len = point.coord_start - point.turn_start
+    extra = {k: v for k, v in base.extra_fields.items() if k != RECORD_KEY}
+    for key, count in (("medvr_zoom_calls", point.num_zoom_records), ("medvr_image_provenance", point.num_images)):
+        if key in extra:
+            extra[key] = list(extra[key][:count])
+    extra[RECORD_KEY] = record.cut_at(call_index)
+    entropy = record.turns[point.turn].entropy
+    return ForkState(
+        call=call_index,
+        messages=list(base.messages[: point.num_messages]),
+        image_data=list(base.image_data[: point.num_images]) if base.image_data is not None else None,
+        prompt_ids=list(base.prompt_ids[:turn_abs_start]),
+        turn_tokens=list(base.prompt_ids[turn_abs_start : point.fork_prefix_len]),
+        turn_logprobs=list(base.response_logprobs[point.turn_start : point.coord_start])
+        if base.response_logprobs
+        else None,
+        turn_entropy=list(entropy[:prefix_len]) if entropy is not None else None,
+        response_mask=list(base.response_mask[: point.turn_start]),
+        response_logprobs=list(base.response_logprobs[: point.turn_start]),
+        assistant_turns=point.assistant_turns,
+        user_turns=point.user_turns,
+        request_id=base.request_id,
+        mm_processor_kwargs=base.mm_processor_kwargs,
+        tool_rewards=list(base.tool_rewards[: point.num_tool_rewards]),
+        turn_scores=list(base.turn_scores[: point.num_turn_scores]),
+        extra_fields=extra,
+        point=point,
+    )
 
 
 class TrajectoryStore:
@@ -139,11 +210,16 @@ class MedVRAgentLoop(ToolAgentLoop):
         zoom_tools = [name for name, tool in self.tools.items() if name == DEFAULT_TOOL_NAME or _is_zoom_tool(tool)]
         self.zoom_tool_name = zoom_tools[0] if zoom_tools else DEFAULT_TOOL_NAME
         self._fork: dict | None = None
+        self._fork_hook = None
+        self._originals: OriginalImages | None = None
+        self._masked_prefix: int | None = None  # a fork's prefix tokens to mask in its first turn
         self._agent_data: AgentData | None = None
 
     async def run(self, sampling_params: dict[str, Any], **kwargs):
         publish_key = kwargs.pop("medvr_publish_key", None)
         self._fork = kwargs.pop("medvr_fork", None)
+        self._fork_hook = kwargs.pop("medvr_fork_hook", None)
+        self._originals = kwargs.pop("medvr_originals", None)
         try:
             output = await super().run(sampling_params, **kwargs)
         except BaseException as e:
@@ -157,43 +233,40 @@ class MedVRAgentLoop(ToolAgentLoop):
 
     async def _handle_pending_state(self, agent_data: AgentData, sampling_params: dict[str, Any]) -> AgentState:
         self._agent_data = agent_data
-        # the zoom tool crops prompt images from these (loaded on first zoom), not veRL's resized copies
-        setattr(agent_data, ORIGINALS_ATTR, OriginalImages(agent_data.messages))
+        # the zoom tool crops prompt images from these (decoded on first zoom, off the event loop),
+        # not veRL's resized copies; shared by the prompt's samples and forks when the worker gives them
+        originals = self._originals if self._originals is not None else OriginalImages(agent_data.messages)
+        setattr(agent_data, ORIGINALS_ATTR, originals)
         if self._fork is None:
             return await super()._handle_pending_state(agent_data, sampling_params)
-        self._restore_fork(agent_data, TRAJECTORY_STORE.get(self._fork["source"]), int(self._fork["call"]))
+        state = self._fork.get("state")
+        if state is None:  # two-phase: cut the finished base now
+            state = cut_fork_state(TRAJECTORY_STORE.get(self._fork["source"]), int(self._fork["call"]))
+        self._restore_fork(agent_data, state, mask_prefix=bool(self._fork.get("mask_prefix", False)))
         return AgentState.GENERATING
 
-    def _restore_fork(self, agent_data: AgentData, base: AgentData, call_index: int) -> None:
-        """Cut ``base`` at the coordinates of its zoom call ``call_index`` into ``agent_data``."""
-        base_record = record_of(base.extra_fields)
-        point = base_record.fork_points[call_index]
-        turn_abs_start = point.fork_prefix_len - (point.coord_start - point.turn_start)
-        agent_data.messages = list(base.messages[: point.num_messages])
-        agent_data.image_data = list(base.image_data[: point.num_images]) if base.image_data is not None else None
-        agent_data.prompt_ids = list(base.prompt_ids[:turn_abs_start])
-        agent_data.response_mask = list(base.response_mask[: point.turn_start])
-        agent_data.response_logprobs = list(base.response_logprobs[: point.turn_start])
-        agent_data.assistant_turns = point.assistant_turns
-        agent_data.user_turns = point.user_turns
-        agent_data.request_id = base.request_id
-        agent_data.mm_processor_kwargs = base.mm_processor_kwargs
-        agent_data.tool_rewards = list(base.tool_rewards[: point.num_tool_rewards])
-        agent_data.turn_scores = list(base.turn_scores[: point.num_turn_scores])
+    def _restore_fork(self, agent_data: AgentData, state: ForkState, *, mask_prefix: bool = False) -> None:
+        """Start ``agent_data`` from ``state`` (a base cut at a zoom call's coordinates).
 
-        extra = {k: v for k, v in base.extra_fields.items() if k != RECORD_KEY}
-        for key, count in (("medvr_zoom_calls", point.num_zoom_records), ("medvr_image_provenance", point.num_images)):
-            if key in extra:
-                extra[key] = list(extra[key][:count])
-        extra[RECORD_KEY] = base_record.cut_at(call_index)
+        ``mask_prefix``: the response tokens shared with the base get ``response_mask`` 0 (the forked
+        turn's part before the coordinates is masked once that turn is generated).
+        """
+        agent_data.messages = list(state.messages)
+        agent_data.image_data = list(state.image_data) if state.image_data is not None else None
+        agent_data.prompt_ids = list(state.prompt_ids)
+        agent_data.response_mask = [0] * len(state.response_mask) if mask_prefix else list(state.response_mask)
+        agent_data.response_logprobs = list(state.response_logprobs)
+        agent_data.assistant_turns = state.assistant_turns
+        agent_data.user_turns = state.user_turns
+        agent_data.request_id = state.request_id
+        agent_data.mm_processor_kwargs = state.mm_processor_kwargs
+        agent_data.tool_rewards = list(state.tool_rewards)
+        agent_data.turn_scores = list(state.turn_scores)
+        extra = {k: list(v) if isinstance(v, list) else v for k, v in state.extra_fields.items()}
+        extra[RECORD_KEY] = _copy_record(state.extra_fields[RECORD_KEY])
         agent_data.extra_fields = extra
-
-        prefix_len = point.coord_start - point.turn_start
-        turn_tokens = base.prompt_ids[turn_abs_start : point.fork_prefix_len]
-        logprobs = base.response_logprobs[point.turn_start : point.coord_start] if base.response_logprobs else None
-        entropy = base_record.turns[point.turn].entropy
-        entropy = entropy[:prefix_len] if entropy is not None else None
-        self.server_manager.pending_prefix = (list(turn_tokens), logprobs, entropy)
+        self._masked_prefix = len(state.turn_tokens) if mask_prefix else None
+        self.server_manager.pending_prefix = (list(state.turn_tokens), state.turn_logprobs, state.turn_entropy)
 
     async def _handle_generating_state(
         self, agent_data: AgentData, sampling_params: dict[str, Any], ignore_termination: bool = False
@@ -210,6 +283,10 @@ class MedVRAgentLoop(ToolAgentLoop):
             "num_zoom_records": len(agent_data.extra_fields.get("medvr_zoom_calls", [])),
         }
         state = await super()._handle_generating_state(agent_data, sampling_params, ignore_termination)
+        if self._masked_prefix is not None:  # a fork's first turn: its shared part leaves the loss
+            end = min(turn_start + self._masked_prefix, len(agent_data.response_mask))
+            agent_data.response_mask[turn_start:end] = [0] * (end - turn_start)
+            self._masked_prefix = None
 
         token_ids = list(agent_data.response_ids)
         entropy = agent_data.extra_fields.pop(ENTROPY_KEY, None)  # copied there from the first turn
@@ -234,6 +311,11 @@ class MedVRAgentLoop(ToolAgentLoop):
                         **before,
                     )
                 )
+                if self._fork_hook is not None:  # streaming EVR: decide this call now, while the base goes on
+                    try:
+                        self._fork_hook(agent_data, len(record.fork_points) - 1)
+                    except Exception:  # a failed fork decision must not end the base trajectory
+                        logger.exception("medvr: EVR fork hook failed")
         return state
 
     def _coordinate_token_spans(self, token_ids: list[int]) -> list[tuple[int, int]]:
@@ -246,6 +328,13 @@ class MedVRAgentLoop(ToolAgentLoop):
             )
             for s, e in coordinate_char_spans(text, self.zoom_tool_name)
         ]
+
+
+def _copy_record(record):
+    """A fork's own record (its turns and points grow; the state may seed several forks)."""
+    from medvr_verl.trajectory import TrajectoryRecord
+
+    return TrajectoryRecord(turns=list(record.turns), fork_points=list(record.fork_points), fork=record.fork)
 
 
 def _char_to_token(tokenizer, token_ids: list[int], char_pos: int, *, round_up: bool) -> int:

@@ -37,10 +37,12 @@ scored with a member missing is marked ``cca_partial_group``.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import math
 import os
 import random
+import time
 from typing import Any
 
 import numpy as np
@@ -49,11 +51,20 @@ import transfer_queue as tq
 from verl.experimental.agent_loop import AgentLoopOutput
 from verl.trainer.ppo.v1.agent_loop_tq import AgentLoopManagerTQ, AgentLoopWorkerTQ, apply_greedy_sampling_params
 
-from medvr_verl.agent_loop import RUNTIME_KWARGS, TRAJECTORY_STORE
+from medvr_verl.agent_loop import RUNTIME_KWARGS, TRAJECTORY_STORE, cut_fork_state
 from medvr_verl.config_check import check_settings
+from medvr_verl.entropy import decide_fork, fill_forks, qualifies
 from medvr_verl.reward_manager import GROUP_EXPECTED_KEY
-from medvr_verl.rollout import EVRSettings, group_reward_data, is_medvr_agent, plan_group_forks
-from medvr_verl.trajectory import FORK_KEY, RECORD_KEY
+from medvr_verl.rollout import (
+    EVRSettings,
+    call_delta_h,
+    group_reward_data,
+    is_medvr_agent,
+    plan_group_forks,
+    record_fork_stats,
+)
+from medvr_verl.tools.image_io import OriginalImages
+from medvr_verl.trajectory import FORK_KEY, RECORD_KEY, record_of
 
 logger = logging.getLogger(__name__)
 logger.setLevel(os.getenv("VERL_LOGGING_LEVEL", "WARN"))
@@ -85,7 +96,9 @@ def scores_groups(config) -> bool:
 
 
 class _EVRGroup:
-    """One training prompt's EVR budget: ``ceil(n/2)`` bases, then forks planned once from them."""
+    """One training prompt's EVR budget, two-phase: ``ceil(n/2)`` bases, then forks planned once from them."""
+
+    streaming = False
 
     def __init__(self, uid: str, size: int, worker: MedVRAgentLoopWorkerTQ, stats: dict[str, list[float]]):
         self.size = size
@@ -107,17 +120,95 @@ class _EVRGroup:
         if choice is None:
             return {}
         base, call = choice
-        return {"medvr_fork": {"source": self.base_keys[base], "call": call}}
+        mask = self._worker.evr.mask_fork_prefix
+        return {"medvr_fork": {"source": self.base_keys[base], "call": call, "mask_prefix": mask}}
 
     async def _make_plan(self) -> list[tuple[int, int] | None]:
         results = await asyncio.gather(*[TRAJECTORY_STORE.expect(k) for k in self.base_keys], return_exceptions=True)
         states = [None if isinstance(r, BaseException) else r for r in results]
         worker = self._worker
+        self._stats.setdefault("evr/streamed_forks", [0.0])
         return plan_group_forks(states, self.size - self.num_base, worker.evr, worker.evr_rng, self._stats)
 
     def close(self) -> None:
         for key in self.base_keys:
             TRAJECTORY_STORE.discard(key)
+
+
+class _StreamingEVRGroup(_EVRGroup):
+    """One training prompt's EVR budget, streaming: each zoom call of a base is decided when generated.
+
+    A chosen call (:func:`medvr_verl.entropy.decide_fork`) takes the next fork session id at once and
+    its fork starts from the base's state cut at that call (:func:`medvr_verl.agent_loop.cut_fork_state`)
+    while the base goes on, as long as fork slots are left (first come, first served). When every
+    base has settled, the slots left are spent at once by ``evr.fallback``
+    (:func:`medvr_verl.entropy.fill_forks` over the finished bases' calls). Session ids stay
+    ``0 .. n-1``: forks take ``ceil(n/2) ..`` in the order they start.
+    """
+
+    streaming = True
+
+    def __init__(self, uid, size, worker, stats, spawn):
+        super().__init__(uid, size, worker, stats)
+        self._spawn = spawn  # spawn(session_id, kwargs): start a session task now
+        self._next_session = self.num_base
+        self._candidates: list[tuple[int, int, float]] = []  # (base, call, dH) in generation order
+        self._chosen: list[int] = []  # indices into _candidates
+        self._forks_from_calls = 0
+
+    def session_kwargs_for_base(self, session_id: int) -> dict[str, Any]:
+        return {
+            "medvr_publish_key": self.base_keys[session_id],
+            "medvr_fork_hook": functools.partial(self._on_zoom_call, session_id),
+        }
+
+    def _on_zoom_call(self, base: int, agent_data, call: int) -> None:
+        """``medvr_agent``'s hook, right after base ``base`` generated zoom call ``call``."""
+        evr, rng = self._worker.evr, self._worker.evr_rng
+        dh = call_delta_h(record_of(agent_data.extra_fields), call, evr)
+        self._candidates.append((base, call, dh))
+        if not decide_fork(dh, p_base=evr.p_base, gamma=evr.gamma, threshold=evr.threshold, rng=rng):
+            return
+        self._chosen.append(len(self._candidates) - 1)
+        if self._next_session < self.size:
+            self._start_fork(cut_fork_state(agent_data, call))
+            self._stats.setdefault("evr/streamed_forks", [0.0])[0] += 1
+
+    def _start_fork(self, state) -> None:
+        session_id, self._next_session = self._next_session, self._next_session + 1
+        record_fork_stats(self._stats, state.point)
+        self._forks_from_calls += 1
+        fork = {"state": state, "mask_prefix": self._worker.evr.mask_fork_prefix}
+        self._spawn(session_id, {"medvr_fork": fork})
+
+    async def finish(self) -> None:
+        """After every base settled: spend the slots left by the fallback, then log the group's EVR stats."""
+        results = await asyncio.gather(*[TRAJECTORY_STORE.expect(k) for k in self.base_keys], return_exceptions=True)
+        finals = [None if isinstance(r, BaseException) else r for r in results]
+        evr = self._worker.evr
+        left = self.size - self._next_session
+        if left > 0:
+            alive = [i for i, (b, _, _) in enumerate(self._candidates) if finals[b] is not None]
+            local = {i: j for j, i in enumerate(alive)}
+            chosen = [local[i] for i in self._chosen if i in local]
+            dhs = [self._candidates[i][2] for i in alive]
+            plan = fill_forks(
+                chosen, dhs, len(chosen) + left, gamma=evr.gamma, fallback=evr.fallback, rng=self._worker.evr_rng
+            )[len(chosen) :]
+            for j in plan:
+                if j is None:  # a fresh, unforked sample
+                    session_id, self._next_session = self._next_session, self._next_session + 1
+                    self._spawn(session_id, {})
+                else:
+                    base, call, _ = self._candidates[alive[j]]
+                    self._start_fork(cut_fork_state(finals[base], call))
+        num_forks = self.size - self.num_base
+        self._stats.setdefault("evr/delta_h", []).extend(c[2] for c in self._candidates)
+        self._stats.setdefault("evr/fork_rate", []).append(self._forks_from_calls / max(num_forks, 1))
+        self._stats.setdefault("evr/qualified_points", []).append(
+            sum(qualifies(c[2], evr.threshold, evr.gamma) for c in self._candidates)
+        )
+        self._stats.setdefault("evr/streamed_forks", [0.0])
 
 
 class _PromptGroup:
@@ -147,10 +238,12 @@ class MedVRAgentLoopWorkerTQ(_AgentLoopWorkerTQ):
 
     async def _run_prompt(self, prompt: dict, sampling_params: dict, trajectory: dict, trace: bool = False) -> None:
         uid, validate = prompt["uid"], trajectory["validate"]
+        started = time.monotonic()
         partition_id = "val" if validate else "train"
         await tq.async_kv_put(key=uid, partition_id=partition_id, tag={"status": "running"})
         group = self._groups[uid] = _PromptGroup(self.group_reward)
         evr_group: _EVRGroup | None = None
+        originals: OriginalImages | None = None
         tasks: list[asyncio.Task] = []
         status = "failure"
         try:
@@ -160,22 +253,46 @@ class MedVRAgentLoopWorkerTQ(_AgentLoopWorkerTQ):
             if not validate and not prompt.pop("__do_sample__", True):
                 apply_greedy_sampling_params(run_params)
             prompt.pop("__do_sample__", None)
+            shared: dict[str, Any] = {}
+            if self._is_medvr_prompt(prompt):  # the prompt's originals, decoded once for all its samples
+                originals = OriginalImages(list(prompt.get("raw_prompt") or []))
+                shared["medvr_originals"] = originals
+
+            def spawn(session_id: int, extra: dict) -> None:
+                coro = self._run_agent_loop(
+                    run_params, trajectory=trajectory, trace=trace, session_id=session_id, **prompt, **shared, **extra
+                )
+                tasks.append(asyncio.create_task(coro))
+
             if self._forks_group(prompt, n, validate):
-                evr_group = _EVRGroup(uid, n, self, group.stats)
-            tasks = [
-                asyncio.create_task(self._run_session(i, run_params, trajectory, trace, prompt, evr_group))
-                for i in range(n)
-            ]
-            errors = await _settle(tasks)
+                if self.evr.mode == "streaming":
+                    evr_group = _StreamingEVRGroup(uid, n, self, group.stats, spawn)
+                else:
+                    evr_group = _EVRGroup(uid, n, self, group.stats)
+            if isinstance(evr_group, _StreamingEVRGroup):
+                for i in range(evr_group.num_base):
+                    spawn(i, evr_group.session_kwargs_for_base(i))
+                errors = await _settle(list(tasks))  # bases (forks they started run on)
+                await evr_group.finish()
+                errors += await _settle(tasks[evr_group.num_base :])
+            else:
+                tasks.extend(
+                    asyncio.create_task(
+                        self._run_session(i, run_params, trajectory, trace, {**prompt, **shared}, evr_group)
+                    )
+                    for i in range(n)
+                )
+                errors = await _settle(tasks)
             if group.hold:
                 try:
                     await self._score_and_write_group(group, n, validate)
                 except Exception as e:
                     errors.append(e)
             if group.row_keys:
+                group.stats["group_time_s"] = [time.monotonic() - started]  # group start to its last row
                 await self._tag_rows(group, partition_id)
             if not validate and not errors:
-                await self._maybe_draw(prompt, group)
+                await self._maybe_draw(prompt, group, originals)
             for error in errors:
                 logger.error("medvr: session of uid=%s failed", uid, exc_info=(type(error), error, error.__traceback__))
             status = "failure" if errors else "finished"
@@ -187,8 +304,13 @@ class MedVRAgentLoopWorkerTQ(_AgentLoopWorkerTQ):
             self._groups.pop(uid, None)
             if evr_group is not None:
                 evr_group.close()
+            if originals is not None:
+                originals.release()
         # terminal only after every row of the group is written (ReplayBuffer samples terminal groups)
         await tq.async_kv_put(key=uid, partition_id=partition_id, tag={"status": status})
+
+    def _is_medvr_prompt(self, prompt: dict) -> bool:
+        return is_medvr_agent(prompt.get("agent_name", self.config.actor_rollout_ref.rollout.agent.default_agent_loop))
 
     def _forks_group(self, prompt: dict, n: int, validate: bool) -> bool:
         if not self.evr.enable or validate or n < 2:
@@ -253,7 +375,7 @@ class MedVRAgentLoopWorkerTQ(_AgentLoopWorkerTQ):
                 group.row_tags.append(tag)
             group.finals.append(outputs[-1])
 
-    async def _maybe_draw(self, prompt: dict, group: _PromptGroup) -> None:
+    async def _maybe_draw(self, prompt: dict, group: _PromptGroup, originals: OriginalImages | None = None) -> None:
         """PNG overlay of this group's zooms and consensus, when ``rollout.custom.viz`` asks for it."""
         step = prompt.get("global_steps")
         if not self.viz.get("dir") or not isinstance(step, int) or step % int(self.viz.get("interval", 50)):
@@ -269,7 +391,9 @@ class MedVRAgentLoopWorkerTQ(_AgentLoopWorkerTQ):
             records.append(info)
         self._viz_drawn = {step: self._viz_drawn.get(step, 0) + 1}
         try:
-            await asyncio.get_running_loop().run_in_executor(None, _draw_group, self.viz["dir"], step, prompt, records)
+            await asyncio.get_running_loop().run_in_executor(
+                None, _draw_group, self.viz["dir"], step, prompt, records, originals
+            )
         except Exception:  # drawing must never cost a training step
             logger.exception("medvr: drawing step %s overlays failed", step)
 
@@ -280,11 +404,11 @@ class MedVRAgentLoopWorkerTQ(_AgentLoopWorkerTQ):
         await tq.async_kv_batch_put(keys=group.row_keys, partition_id=partition_id, tags=tags)
 
 
-def _draw_group(out_dir: str, step: int, prompt: dict, records: list[dict]) -> None:
-    from medvr_verl.tools.image_io import OriginalImages
+def _draw_group(out_dir: str, step: int, prompt: dict, records: list[dict], originals=None) -> None:
     from medvr_verl.viz import write_step_overlays
 
-    originals = OriginalImages(list(prompt.get("raw_prompt") or []))
+    if originals is None:
+        originals = OriginalImages(list(prompt.get("raw_prompt") or []))
     images = [originals.get(i) for i in range(len(originals))]
     write_step_overlays(out_dir, step, [images], [records], 1)
 

@@ -38,7 +38,7 @@ from verl.utils.ray_utils import auto_await
 from verl.utils.skip import SkipManager
 
 from medvr_verl.agent_loop import RUNTIME_KWARGS, TRAJECTORY_STORE, MedVRAgentLoop
-from medvr_verl.entropy import delta_h, plan_forks
+from medvr_verl.entropy import FALLBACKS, delta_h, plan_forks, qualifies
 from medvr_verl.reward_manager import GROUP_META_KEY, GROUP_REWARDS_KEY
 from medvr_verl.trajectory import RECORD_KEY, record_of
 
@@ -265,6 +265,9 @@ def merge_worker_stats(per_worker: list[dict[str, list[float]]]) -> dict[str, fl
 # --------------------------------------------------------------------------------------------------
 
 
+EVR_MODES = ("streaming", "two_phase")
+
+
 @dataclass(frozen=True)
 class EVRSettings:
     """``actor_rollout_ref.rollout.custom.evr``: the paper's EVR switches (defaults: ours, see README)."""
@@ -282,8 +285,25 @@ class EVRSettings:
     top_k: int = 20
     """Logprobs per token the ``medvr_vllm`` server asks the engine for."""
     seed: int | None = None
+    mode: str = "streaming"
+    """V1 worker: ``streaming`` (each base zoom call decided when generated, a chosen fork starts at
+    once while its base goes on; the paper's "fork the generation state") or ``two_phase`` (forks
+    planned after all bases finished). The legacy managers always plan in two phases."""
+    fallback: str = "top_dh"
+    """Fork slots no chosen call took: ``top_dh`` (ours: forks at the chosen calls, else at the
+    highest-``dH`` calls) or ``fresh`` (fresh independent samples: the paper's "low uncertainty ->
+    continue a single trajectory")."""
+    mask_fork_prefix: bool = False
+    """``response_mask`` 0 on the response prefix a fork shares with its base (the paper is silent;
+    ours: off, each row trains its whole response as a fresh sample would)."""
 
     def __post_init__(self):
+        if self.mode not in EVR_MODES:
+            raise ValueError(f"rollout.custom.evr.mode must be one of {EVR_MODES}, got {self.mode!r}")
+        if self.fallback not in FALLBACKS:
+            raise ValueError(f"rollout.custom.evr.fallback must be one of {FALLBACKS}, got {self.fallback!r}")
+        if not isinstance(self.mask_fork_prefix, bool):
+            raise ValueError(f"rollout.custom.evr.mask_fork_prefix must be true or false, got {self.mask_fork_prefix!r}")
         if not 0.0 <= self.p_base <= 1.0:
             raise ValueError(f"rollout.custom.evr.p_base must lie in [0, 1], got {self.p_base}")
         if self.gamma < 0 or not math.isfinite(self.gamma):
@@ -325,15 +345,25 @@ def fork_candidates(base_states, settings: EVRSettings) -> list[tuple[int, int, 
         if state is None:
             continue
         record = record_of(state.extra_fields)
-        first = record.first_turn_entropy()
         for c, point in enumerate(record.fork_points):
-            coords = record.coordinate_entropy(point)
-            if first is None or coords is None:
-                dh = 0.0  # no entropies from the server: every point ties, forks spread over them
-            else:
-                dh = delta_h(first, coords, settings.base_tokens, settings.tool_window)
-            candidates.append((b, c, dh, point.coord_start))
+            candidates.append((b, c, call_delta_h(record, c, settings), point.coord_start))
     return candidates
+
+
+def call_delta_h(record, call: int, settings: EVRSettings) -> float:
+    """``dH`` of zoom call ``call`` of a trajectory's record; 0.0 when the server returned no entropies
+    (every point then ties and the fallback spreads forks over them)."""
+    first = record.first_turn_entropy()
+    coords = record.coordinate_entropy(record.fork_points[call])
+    if first is None or coords is None:
+        return 0.0
+    return delta_h(first, coords, settings.base_tokens, settings.tool_window)
+
+
+def record_fork_stats(stats: dict[str, list[float]], point) -> None:
+    """A started fork's depth (response tokens before its coordinates) and reused prefix (tokens)."""
+    stats.setdefault("evr/fork_depth_tokens", []).append(point.coord_start)
+    stats.setdefault("evr/prefix_tokens_reused", []).append(point.fork_prefix_len)
 
 
 def plan_group_forks(
@@ -348,21 +378,25 @@ def plan_group_forks(
         gamma=settings.gamma,
         threshold=settings.threshold,
         rng=rng,
+        fallback=settings.fallback,
     )
     stats.setdefault("evr/delta_h", []).extend(c[2] for c in candidates)
     stats.setdefault("evr/fork_rate", []).append(sum(p is not None for p in plan) / max(num_forks, 1))
-    stats.setdefault("evr/qualified_points", []).append(sum(c[2] > settings.threshold for c in candidates))
+    stats.setdefault("evr/qualified_points", []).append(
+        sum(qualifies(c[2], settings.threshold, settings.gamma) for c in candidates)
+    )
     for p in plan:
         if p is not None:
-            base, call, _, depth = candidates[p]
-            stats.setdefault("evr/fork_depth_tokens", []).append(depth)
-            prefix = record_of(base_states[base].extra_fields).fork_points[call].fork_prefix_len
-            stats.setdefault("evr/prefix_tokens_reused", []).append(prefix)
+            base, call, _, _ = candidates[p]
+            record_fork_stats(stats, record_of(base_states[base].extra_fields).fork_points[call])
     return [None if p is None else (candidates[p][0], candidates[p][1]) for p in plan]
 
 
 class EVRAgentLoopWorker(GroupAgentLoopWorker):
     """Runs ``ceil(M/2)`` base trajectories per prompt, then ``M - ceil(M/2)`` forks from their zoom calls.
+
+    Always two-phase (``rollout.custom.evr.mode`` applies to the V1 worker only); ``gamma``,
+    ``fallback`` and ``mask_fork_prefix`` apply as on V1.
 
     Needs ``medvr_agent`` (it records the fork points). Validation batches (``meta_info["validate"]``),
     groups of one, and other agent loops run unforked.
@@ -427,7 +461,11 @@ class EVRAgentLoopWorker(GroupAgentLoopWorker):
             choice = (await asyncio.shield(group.plan))[slot - group.num_base]
             if choice is not None:
                 base, call = choice
-                kwargs["medvr_fork"] = {"source": group.base_keys[base], "call": call}
+                kwargs["medvr_fork"] = {
+                    "source": group.base_keys[base],
+                    "call": call,
+                    "mask_prefix": self.evr.mask_fork_prefix,
+                }
         return await super()._run_agent_loop(sampling_params, trajectory, agent_name=agent_name, trace=trace, **kwargs)
 
     async def _plan_group(self, group: _EVRGroup) -> list[tuple[int, int] | None]:

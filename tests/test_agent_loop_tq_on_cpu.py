@@ -20,12 +20,43 @@ from verl.trainer.ppo.v1 import AgentLoopManagerTQ
 from medvr_verl.agent_loop_tq import MedVRAgentLoopManagerTQ
 from medvr_verl.config_check import MedVRSettingsError, check_settings
 from medvr_verl.testing.harness import make_sample, run_manager_v1
-from medvr_verl.testing.scripted_server import ScriptedLLMClient
+from medvr_verl.testing.scripted_server import ScriptedLLMClient, create_call_recorder, get_call_records
 from medvr_verl.testing.scripting import is_fork_request
 
 pytestmark = pytest.mark.vl_stack
 NO_EVR = "+actor_rollout_ref.rollout.custom={evr: {enable: false}}"
 EVR = "+actor_rollout_ref.rollout.custom={evr: {gamma: 0.5, p_base: 0.0, threshold: 0.5, seed: 0}}"
+EVR_TWO_PHASE = (
+    "+actor_rollout_ref.rollout.custom={evr: {mode: two_phase, gamma: 0.5, p_base: 0.0, threshold: 0.5, seed: 0}}"
+)
+EVR_FRESH_MASKED = (
+    "+actor_rollout_ref.rollout.custom={evr: {gamma: 0.5, p_base: 0.0, threshold: 0.5, seed: 0, "
+    "fallback: fresh, mask_fork_prefix: true}}"
+)
+
+
+class BaseAnswersAfterItsFork(ScriptedLLMClient):
+    """Holds the unsure base's answer turn (the one after its spiking zoom call) until a fork request of
+    the same prompt has reached the server: passes only if the fork starts while its base still runs
+    (streaming EVR); a fork that waits for its base would leave the base to time out and fail."""
+
+    def __init__(self, *args, wait_s: float = 60.0, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.wait_s = wait_s
+
+    async def generate(self, request_id, *, prompt_ids, **kwargs):
+        import asyncio
+
+        from verl.utils import normalize_token_ids
+
+        text = self._decode_context(normalize_token_ids(prompt_ids))
+        key, turn = self._key_and_turn(text)
+        seen = self.__dict__.setdefault("_fork_seen", {}).setdefault(key, asyncio.Event())
+        if is_fork_request(text):
+            seen.set()
+        elif turn == 1 and base_index(text) == 1:
+            await asyncio.wait_for(seen.wait(), self.wait_s)
+        return await super().generate(request_id, prompt_ids=prompt_ids, **kwargs)
 
 
 def _samples(count, question="Which lung?", agent_name="medvr_agent"):
@@ -149,15 +180,33 @@ def test_grpo_advantages_group_by_uid_from_the_sampled_rows(cca_run):
 
 @pytest.fixture(scope="module")
 def evr_run(ray_session, tiny_model_path, reward_workers):
+    """Streaming EVR (the default mode); the unsure base may answer only once its fork has started."""
     config = cca_config(tiny_model_path, EVR, num_workers=2)
-    client = ScriptedLLMClient(config, script=EVRScript(tiny_model_path))
+    client = BaseAnswersAfterItsFork(config, script=EVRScript(tiny_model_path))
     return run_manager_v1(
         MedVRAgentLoopManagerTQ, config, client, _samples(2), reward_loop_worker_handles=reward_workers
     )
 
 
-def test_v1_evr_two_bases_then_two_forks_per_group(evr_run, tokenizer):
-    meta, metrics, rows = evr_run
+@pytest.fixture(scope="module")
+def evr_two_phase_run(ray_session, tiny_model_path, reward_workers):
+    config = cca_config(tiny_model_path, EVR_TWO_PHASE, num_workers=2)
+    recorder = create_call_recorder()
+    client = ScriptedLLMClient(config, script=EVRScript(tiny_model_path), recorder=recorder)
+    try:
+        out = run_manager_v1(
+            MedVRAgentLoopManagerTQ, config, client, _samples(2), reward_loop_worker_handles=reward_workers
+        )
+        return (*out, get_call_records(recorder))
+    finally:
+        import ray
+
+        ray.kill(recorder)
+
+
+@pytest.mark.parametrize("run", ["evr_run", "evr_two_phase_run"])
+def test_v1_evr_two_bases_then_two_forks_per_group(run, request, tokenizer):
+    meta, metrics, rows = request.getfixturevalue(run)[:3]
     for group in _by_uid(meta).values():
         assert [s for s, _ in group] == [0, 1, 2, 3]
         forks = [rows["extra_fields"][pos]["medvr_fork"] for _, pos in group]
@@ -168,6 +217,60 @@ def test_v1_evr_two_bases_then_two_forks_per_group(evr_run, tokenizer):
         assert all("[98, 56, 196, 112]" in t for t in texts[2:])
     assert metrics["medvr/evr/fork_rate/mean"] == 1.0 and metrics["medvr/fork/mean"] == 0.5
     assert metrics["medvr/evr/delta_h/max"] > 0.5 and metrics["medvr/evr/prefix_tokens_reused/mean"] > 0
+    assert metrics["medvr/evr/qualified_points/sum"] == 2  # the unsure base's call, once per group
+    assert metrics["medvr/group_time_s/max"] > 0
+
+
+def test_v1_streaming_fork_starts_at_the_spike_and_the_rest_by_fallback(evr_run):
+    # evr_run's server held the unsure base's answer until its fork asked: the fork started while the
+    # base ran. One fork per chosen call streams; the other slot is the fallback's (top_dh: same call).
+    _, metrics, _ = evr_run
+    assert metrics["medvr/evr/streamed_forks/sum"] == 2 and metrics["medvr/evr/streamed_forks/max"] == 1
+
+
+def test_v1_two_phase_forks_only_after_every_base_finished(evr_two_phase_run):
+    *_, calls = evr_two_phase_run
+    metrics = evr_two_phase_run[1]
+    assert metrics["medvr/evr/streamed_forks/sum"] == 0
+    for key in {c["key"] for c in calls}:
+        mine = [c for c in calls if c["key"] == key]
+        forks = [i for i, c in enumerate(mine) if is_fork_request(c["prompt_text"])]
+        base_answers = [
+            i for i, c in enumerate(mine) if c["turn"] == 1 and base_index(c["prompt_text"]) is not None and i not in forks
+        ]
+        assert len(forks) == 2 and min(forks) > max(base_answers[:2])
+
+
+def test_v1_fresh_fallback_and_masked_fork_prefix(ray_session, tiny_model_path, reward_workers, tokenizer):
+    """fallback=fresh: the sure base's call does not qualify, so its slot becomes a fresh sample (no
+    second fork); mask_fork_prefix: the fork's shared prefix leaves its loss, its own tokens stay."""
+    config = cca_config(tiny_model_path, EVR_FRESH_MASKED, num_workers=1)
+    client = ScriptedLLMClient(config, script=EVRScript(tiny_model_path))
+    meta, metrics, rows = run_manager_v1(
+        MedVRAgentLoopManagerTQ, config, client, _samples(1), reward_loop_worker_handles=reward_workers
+    )
+    (group,) = _by_uid(meta).values()
+    assert [s for s, _ in group] == [0, 1, 2, 3]
+    forks = [rows["extra_fields"][pos]["medvr_fork"] for _, pos in group]
+    assert [f is not None for f in forks] == [False, False, True, False]
+    texts = [_text(rows, pos, tokenizer) for _, pos in group]
+    assert base_index(texts[2]) == 1 and base_index(texts[3]) == 2  # a third, independent sample
+    assert metrics["medvr/evr/fork_rate/mean"] == 0.5
+
+    def mask_and_ids(pos):
+        return rows["response_mask"][pos].tolist(), rows["responses"][pos].tolist()
+
+    base_pos = next(pos for (_, pos), t in zip(group, texts) if base_index(t) == 1 and "[98, 56" not in t)
+    fork_mask, fork_ids = mask_and_ids(group[2][1])
+    base_mask, base_ids = mask_and_ids(base_pos)
+    first_trained = fork_mask.index(1)
+    shared = next(i for i, (a, b) in enumerate(zip(fork_ids, base_ids)) if a != b)
+    assert 0 < first_trained <= shared  # only tokens it shares with its base are masked
+    assert sum(base_mask[:first_trained]) == first_trained  # ... which its base trains
+    assert sum(fork_mask) > 0 and fork_mask[first_trained:shared + 1].count(1) >= 1
+    for _, pos in (group[0], group[1], group[3]):  # bases and the fresh sample train their whole turns
+        mask, _ = mask_and_ids(pos)
+        assert mask[0] == 1
 
 
 def test_v1_validation_runs_n1_unforked(ray_session, tiny_model_path, reward_workers, tokenizer):

@@ -523,6 +523,11 @@ class OriginalImages:
     loads each on first use: a ``PIL.Image`` as is, ``{"bytes": ...}`` / bytes, a local path or
     ``file://`` URL (DICOM too, via :func:`load_medical_image`), or a base64 ``data:image`` URL.
     Anything else (a remote URL) gives ``None`` and the tool falls back to veRL's copy.
+
+    Thread-safe: each image is decoded at most once however many threads ask (``decodes`` counts
+    them). The V1 worker makes one per prompt, shared by its samples and EVR forks, and calls
+    :meth:`release` when the group is done. :meth:`get` may decode: call it off the event loop (the
+    zoom tool does, in its executor).
     """
 
     def __init__(self, messages: list[dict]):
@@ -536,6 +541,8 @@ class OriginalImages:
                     self._sources.append(item.get("image", item.get("image_url", item)))
         self._cache: dict[int, Image.Image | None] = {}
         self._lock = threading.Lock()
+        self.decodes = 0
+        """How many images were decoded (read from their source) so far."""
 
     def __len__(self) -> int:
         return len(self._sources)
@@ -546,8 +553,13 @@ class OriginalImages:
             return None
         with self._lock:
             if index not in self._cache:
+                self.decodes += 1
                 self._cache[index] = self._load(self._sources[index])
             return self._cache[index]
+
+    def release(self) -> None:
+        """Drop the decoded images (a later :meth:`get` decodes again)."""
+        self._cache = {}  # no lock: never blocks the event loop behind a decode in flight
 
     @staticmethod
     def _load(source: Any) -> Image.Image | None:

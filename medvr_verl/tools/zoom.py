@@ -19,6 +19,15 @@ Coordinates
     scaled per axis to image ``k``'s pixels (:func:`medvr_verl.boxes.scale_box`), and cropped on the
     integer box that contains it (floor of the top-left, ceil of the bottom-right).
 
+Pixel budget
+    ``min_pixels`` / ``max_pixels`` are the processor's: when the agent loop hands the processor a pair
+    (``agent_data.mm_processor_kwargs``, from veRL's ``data.mm_processor_kwargs``: ``min_pixels`` and
+    ``max_pixels``, or a ``size`` dict with ``shortest_edge`` and ``longest_edge``), the tool uses that
+    pair for both the coordinate mapping and the crop size, so the one budget of the recipe governs
+    prompt images and crops alike. transformers applies ``min_pixels`` / ``max_pixels`` only as a pair:
+    a lone one is ignored by the processor, so by the tool too (with a warning). Without a pair the
+    tool config's values apply (they must then equal the model's ``preprocessor_config.json``).
+
 Returned crop
     8-bit ``RGB`` (:func:`to_rgb8`; high-bit-depth grayscale is windowed by the min/max of the *full*
     image, so a crop keeps the brightness mapping of its source). A crop above ``max_pixels`` is scaled
@@ -235,6 +244,24 @@ def default_tool_schema(name: str = TOOL_NAME) -> OpenAIFunctionToolSchema:
     )
 
 
+_warned: set[str] = set()
+
+
+def _warn_once(message: str) -> None:
+    if message not in _warned:
+        _warned.add(message)
+        logger.warning("image_zoom_in_tool: %s", message)
+
+
+def _pixels(value: Any) -> int:
+    """A pixel count from a processor kwarg: a positive integer (float integers accepted)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ValueError(value)
+    if value != int(value) or value < 1:
+        raise ValueError(value)
+    return int(value)
+
+
 class _ToolError(Exception):
     """An error whose message goes to the model (prefixed with 'Error: ')."""
 
@@ -305,7 +332,7 @@ class ZoomInTool(BaseTool):
 
     Config keys (the YAML ``config:`` dict; all optional): ``patch_size`` (14), ``merge_size`` (2),
     ``min_pixels`` (3136), ``max_pixels`` (12845056) -- these must match the processor of the policy
-    model; ``min_crop_side`` (28, at least 1) -- shorter side a returned crop is scaled up to;
+    model when the agent loop passes it no ``min_pixels`` / ``max_pixels`` pair (see "Pixel budget"); ``min_crop_side`` (28, at least 1) -- shorter side a returned crop is scaled up to;
     ``max_calls_per_trajectory`` (none) -- calls beyond it get an error text; ``max_image_pixels``
     (absent: Pillow's ``Image.MAX_IMAGE_PIXELS``; null: no limit) -- images with more pixels are
     refused without decoding them (decompression-bomb guard).
@@ -332,11 +359,38 @@ class ZoomInTool(BaseTool):
     def get_openai_tool_schema(self) -> OpenAIFunctionToolSchema:
         return getattr(self, "tool_schema", None) or default_tool_schema()
 
-    def model_size(self, width: int, height: int) -> tuple[int, int]:
-        """Size the model sees for an image of ``width x height`` under this tool's processor config."""
-        return model_input_size(
-            width, height, factor=self.factor, min_pixels=self.min_pixels, max_pixels=self.max_pixels
-        )
+    def model_size(self, width: int, height: int, budget: tuple[int, int] | None = None) -> tuple[int, int]:
+        """Size the model sees for an image of ``width x height`` under ``budget`` ``(min_pixels,
+        max_pixels)`` (default: this tool's config; see :meth:`pixel_budget`)."""
+        min_pixels, max_pixels = budget or (self.min_pixels, self.max_pixels)
+        return model_input_size(width, height, factor=self.factor, min_pixels=min_pixels, max_pixels=max_pixels)
+
+    def pixel_budget(self, agent_data: Any = None) -> tuple[int, int]:
+        """``(min_pixels, max_pixels)`` the processor applies in this trajectory: the agent loop's
+        ``mm_processor_kwargs`` pair when it passes one, else this tool's config (module docstring)."""
+        kwargs = getattr(agent_data, "mm_processor_kwargs", None) if agent_data is not None else None
+        if not isinstance(kwargs, Mapping) or not kwargs:
+            return self.min_pixels, self.max_pixels
+        lo, hi = kwargs.get("min_pixels"), kwargs.get("max_pixels")
+        if lo is None or hi is None:
+            if lo is not None or hi is not None:
+                _warn_once(
+                    "mm_processor_kwargs has only one of min_pixels / max_pixels: transformers' Qwen2-VL "
+                    "processor ignores it (it applies them only as a pair), so the zoom tool does too"
+                )
+            size = kwargs.get("size")
+            if not isinstance(size, Mapping) or size.get("shortest_edge") is None or size.get("longest_edge") is None:
+                return self.min_pixels, self.max_pixels
+            lo, hi = size["shortest_edge"], size["longest_edge"]
+        try:
+            lo, hi = _pixels(lo), _pixels(hi)
+        except ValueError:
+            _warn_once(f"mm_processor_kwargs pixel budget {lo!r} / {hi!r} is not two positive integers; using the config's")
+            return self.min_pixels, self.max_pixels
+        if lo > hi:
+            _warn_once(f"mm_processor_kwargs min_pixels {lo} > max_pixels {hi}; using the config's")
+            return self.min_pixels, self.max_pixels
+        return lo, hi
 
     # ---------------------------------------------------------------------------------------------
     # execute
@@ -460,15 +514,16 @@ class ZoomInTool(BaseTool):
             raise _ToolError(f"image {index} is not a decoded image and cannot be zoomed into.")
         # A prompt image is cropped from its stored original when the agent loop keeps one
         # (medvr_agent: agent_data.medvr_originals); veRL's own copy is already downsized.
+        # Decoding it is CPU work: _render does it, in the executor, never on the event loop.
         originals = getattr(agent_data, ORIGINALS_ATTR, None)
-        source = originals.get(index) if originals is not None and provenance[index].get("box") is None else None
         return {
             "img": img,
-            "source": source,
+            "originals": originals if provenance[index].get("box") is None else None,
             "index": index,
             "raw_bbox": raw_bbox,
             "provenance": provenance[index],
             "record": record,
+            "budget": self.pixel_budget(agent_data),
         }
 
     def _render(self, plan: dict[str, Any]) -> tuple[Image.Image, dict[str, Any]]:
@@ -476,7 +531,9 @@ class ZoomInTool(BaseTool):
         index: int = plan["index"]
         record: dict[str, Any] = plan["record"]
         seen_w, seen_h = plan["img"].size  # the copy the processor turns into the model's input
-        img: Image.Image = plan["source"] or plan["img"]  # what is cropped: the original when kept
+        originals = plan.get("originals")
+        source = originals.get(index) if originals is not None else None  # decoded once per prompt
+        img: Image.Image = source or plan["img"]  # what is cropped: the original when kept
         width, height = img.size
         record["image_size"] = [int(width), int(height)]
         try:
@@ -486,8 +543,9 @@ class ZoomInTool(BaseTool):
             raise _ToolError(f"image {index} is too large to zoom into: {exc}.") from None
         except EmptyImageError as exc:
             raise _ToolError(f"image {index} cannot be zoomed into: {exc}.") from None
+        budget = plan.get("budget") or (self.min_pixels, self.max_pixels)
         try:
-            model_w, model_h = self.model_size(seen_w, seen_h)
+            model_w, model_h = self.model_size(seen_w, seen_h, budget)
         except (ValueError, ZeroDivisionError) as exc:
             raise _ToolError(f"image {index} cannot be zoomed into ({exc}).") from None
         record["model_size"] = [model_w, model_h]
@@ -535,7 +593,7 @@ class ZoomInTool(BaseTool):
         ensure_loaded(img)
         window = intensity_window(img) if is_high_bit_depth(img.mode) else None
         crop = crop_to_rgb8(img, (x1, y1, x2, y2), window)  # crop first: memory bounded by the region
-        crop = self._fit(crop)
+        crop = self._fit(crop, budget[1])
         out_w, out_h = crop.size
         if max(out_w, out_h) / min(out_w, out_h) > MAX_ASPECT_RATIO:
             raise _ToolError(f"the region {_fmt_box(box_model)} is too thin; choose a wider box.")
@@ -550,11 +608,13 @@ class ZoomInTool(BaseTool):
         crop.info[PROVENANCE_INFO_KEY] = crop_prov
         return crop, {"crop_box": [x1, y1, x2, y2], "crop_size": [out_w, out_h]}
 
-    def _fit(self, crop: Image.Image) -> Image.Image:
-        """Scale down to ``max_pixels``, then up to a shorter side of ``min_crop_side`` (aspect kept)."""
+    def _fit(self, crop: Image.Image, max_pixels: int | None = None) -> Image.Image:
+        """Scale down to ``max_pixels`` (default: the config's), then up to a shorter side of
+        ``min_crop_side`` (aspect kept)."""
+        max_pixels = max_pixels or self.max_pixels
         w, h = crop.size
-        if w * h > self.max_pixels:
-            s = math.sqrt(self.max_pixels / (w * h))
+        if w * h > max_pixels:
+            s = math.sqrt(max_pixels / (w * h))
             w, h = max(1, math.floor(w * s)), max(1, math.floor(h * s))
             crop = crop.resize((w, h), Image.Resampling.BICUBIC, reducing_gap=3.0)
         if min(w, h) < self.min_crop_side:
