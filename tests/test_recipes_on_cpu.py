@@ -99,7 +99,9 @@ def test_medvr_recipes(name, tiny_model_path):
     assert issubclass(cls, AgentLoopManagerTQ) and cls.__name__ == "MedVRAgentLoopManagerTQ"
     sampler = config.trainer.v1.sampler.custom_sampler
     assert issubclass(load_extern_type(sampler.path, sampler.name), ReplayBuffer)
-    assert evr.gamma == 0.5 and settings.eta == 0.5 and rollout.n == 8
+    assert evr.gamma == 0.5 and settings.eta == 0.5 and settings.quorum == "correct_with_box"
+    # the paper's 16 trajectories per prompt; mini-batches split a step's prompts evenly
+    assert rollout.n == 16 and config.data.train_batch_size % config.actor_rollout_ref.actor.ppo_mini_batch_size == 0
 
 
 def test_medvlm_r1_recipe_uses_the_scoring_callable(tiny_model_path):
@@ -175,3 +177,92 @@ def test_main_ppo_stops_in_the_driver_on_a_bad_setting(override, message):
     )
     assert result.returncode == 1
     assert message in result.stderr and "ray init kwargs" not in result.stdout
+
+
+# ---- issue 13 item 6: 64 training rounds are 64 steps, whatever the size of the training set -------
+
+
+class _Prompts:
+    """A training set of ``n`` prompts (only its length matters to veRL's step count)."""
+
+    def __init__(self, n):
+        self.n = n
+
+    def __len__(self):
+        return self.n
+
+    def __getitem__(self, i):
+        return {"i": i}
+
+
+def _steps_run(config, train_size, monkeypatch):
+    """Steps veRL's V1 trainer runs for ``config`` on a training set of ``train_size`` prompts: its
+    own ``_init_dataloader`` (steps per epoch, total_training_steps) and its own ``fit`` loop, with
+    rollout, update, validation, checkpoints and logging stubbed out."""
+    from types import SimpleNamespace
+
+    from verl.trainer.ppo.v1 import trainer_base
+    from verl.trainer.ppo.v1.trainer_sync import PPOTrainerSync
+
+    class _Quiet:
+        def __init__(self, *args, **kwargs):
+            pass
+
+        def log(self, *args, **kwargs):
+            pass
+
+    monkeypatch.setattr(
+        trainer_base, "create_rl_dataset", lambda *a, is_train=True, **k: _Prompts(train_size if is_train else 4)
+    )
+    for name in ("Tracking", "ValidationGenerationsLogger", "DapoFilteredRewardTableLogger"):
+        monkeypatch.setattr(trainer_base, name, _Quiet)
+    monkeypatch.setattr(trainer_base, "tq", SimpleNamespace(kv_clear=lambda **kwargs: None))
+
+    trainer = object.__new__(PPOTrainerSync)
+    trainer.config = config
+    trainer.trainer_mode = config.trainer.v1.trainer_mode
+    trainer.parameter_sync_step = 1
+    trainer.tokenizer = trainer.processor = None
+    trainer.checkpoint_manager = SimpleNamespace(update_weights=lambda step: None, sleep_replicas=lambda: None)
+    trainer._init_dataloader()
+    steps = []
+
+    def step(metrics, timing_raw):
+        steps.append(trainer.global_steps)
+        return SimpleNamespace(keys=[], partition_id="train", tags=[])
+
+    trainer.global_steps = 0
+    for name, fn in {
+        "step": step,
+        "_validate": lambda: {"val": 0.0},
+        "_save_checkpoint": lambda: None,
+        "_compute_metrics": lambda *a, **k: None,
+        "_reissue_inflight_prompts": lambda *a, **k: 0,
+        "_start_profiling": lambda: None,
+        "_stop_profiling": lambda: None,
+        "_shutdown_dump_executor": lambda: None,
+        "_consume_sync_metrics": lambda: {},
+    }.items():
+        setattr(trainer, name, fn)
+    trainer.fit(agent_loop_manager=None)
+    return trainer, steps
+
+
+@pytest.mark.parametrize("train_size", [1793, 128, 300, 64 * 128 + 1])
+def test_recipe_trains_64_steps_on_any_training_set(tiny_model_path, monkeypatch, train_size):
+    """The paper's 64 GRPO rounds: veRL stops at min(total_training_steps, total_epochs x steps per
+    epoch); the recipe's total_epochs never binds, so VQA-RAD's 1,793 training questions (14 steps an
+    epoch at train_batch_size 128) give 64 steps, not 14."""
+    config = compose_recipe("medvr_verl.recipes.medvr", "medvr", tiny_model_path)
+    assert config.trainer.total_training_steps == 64 and config.data.train_batch_size == 128
+    trainer, steps = _steps_run(config, train_size, monkeypatch)
+    assert trainer.steps_per_epoch == train_size // 128 and trainer.total_training_steps == 64
+    assert steps == list(range(1, 65))
+
+
+def test_one_epoch_would_have_stopped_after_one_pass(tiny_model_path, monkeypatch):
+    """The bug the recipe avoids: total_epochs=1 ends the run after one pass (14 steps on VQA-RAD)."""
+    config = compose_recipe("medvr_verl.recipes.medvr", "medvr", tiny_model_path)
+    config.trainer.total_epochs = 1
+    _, steps = _steps_run(config, 1793, monkeypatch)
+    assert steps == list(range(1, 15))

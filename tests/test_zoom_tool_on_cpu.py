@@ -797,3 +797,83 @@ def test_model_input_size_refuses_empty_sizes():
     for w, h in ((0, 10), (10, 0), (0, 0), (math.nan, 5)):
         with pytest.raises(ValueError, match="empty"):
             model_input_size(w, h)
+
+
+# --------------------------------------------------------------------------------------------------
+# pixel budget (issue 13 item 9): the agent loop's mm_processor_kwargs pair governs mapping and crops
+# --------------------------------------------------------------------------------------------------
+
+BUDGET = {"min_pixels": 3136, "max_pixels": 28 * 28 * 64}  # 64 visual tokens
+
+
+def _budget_data(*images, kwargs=BUDGET):
+    ad = make_agent_data(*images)
+    ad.mm_processor_kwargs = dict(kwargs) if kwargs is not None else None
+    return ad
+
+
+@pytest.mark.parametrize(
+    "kwargs, expected",
+    [
+        (None, (3136, 12845056)),
+        ({}, (3136, 12845056)),
+        (BUDGET, (3136, 28 * 28 * 64)),
+        ({"min_pixels": 6272.0, "max_pixels": 100352.0}, (6272, 100352)),
+        ({"size": {"shortest_edge": 3136, "longest_edge": 200704}}, (3136, 200704)),
+        # transformers applies min/max only as a pair: a lone max_pixels changes nothing
+        ({"max_pixels": 100352}, (3136, 12845056)),
+        ({"min_pixels": 3136}, (3136, 12845056)),
+        # malformed pairs: the processor would refuse them; the tool keeps its config
+        ({"min_pixels": 0, "max_pixels": 100352}, (3136, 12845056)),
+        ({"min_pixels": 200704, "max_pixels": 100352}, (3136, 12845056)),
+        ({"min_pixels": "3136", "max_pixels": 100352}, (3136, 12845056)),
+        ({"min_pixels": True, "max_pixels": 100352}, (3136, 12845056)),
+    ],
+)
+def test_pixel_budget_follows_the_processor_kwargs(tool, kwargs, expected):
+    assert tool.pixel_budget(_budget_data(kwargs=kwargs)) == expected
+    assert tool.pixel_budget(None) == (3136, 12845056)
+
+
+def test_budget_pair_sets_the_mapping_and_caps_the_crop(tool):
+    original = pattern_rgb(1000, 600)
+    ad = _budget_data(original)
+    mw, mh = tool.model_size(1000, 600, (BUDGET["min_pixels"], BUDGET["max_pixels"]))
+    assert mw * mh <= BUDGET["max_pixels"] and (mw, mh) != tool.model_size(1000, 600)
+    response, record = zoom(tool, ad, {"bbox_2d": [0, 0, mw, mh]})
+    assert record["valid"], record["error"]
+    assert record["model_size"] == [mw, mh] and record["crop_box"] == [0, 0, 1000, 600]
+    w, h = response.image[0].size
+    assert w * h <= BUDGET["max_pixels"]
+    # a box in the budgeted view maps to the same original pixels as in the full view
+    sx, sy = 1000 / mw, 600 / mh
+    _, record = zoom(tool, _budget_data(original), {"bbox_2d": [100 / sx, 60 / sy, 600 / sx, 360 / sy]})
+    assert record["crop_box"] == [100, 60, 600, 360]
+
+
+def test_tool_budget_equals_the_processors_view(tool, tiny_model_path):
+    """Under the recipe's mm_processor_kwargs the processor's image grid is the tool's model size, and
+    a crop of any region never exceeds the budget's visual tokens."""
+    from verl.utils import hf_processor
+    from verl.utils.tokenizer import build_multimodal_processor_inputs
+
+    processor = hf_processor(str(tiny_model_path))
+    kwargs = {"min_pixels": 3136, "max_pixels": 28 * 28 * 300}
+    budget = (kwargs["min_pixels"], kwargs["max_pixels"])
+    messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "x"}]}]
+    text = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+
+    def grid(image):
+        out = build_multimodal_processor_inputs(processor, text=[text], images=[image], mm_processor_kwargs=kwargs)
+        t, gh, gw = out["image_grid_thw"][0].tolist()
+        return gw * 14, gh * 14  # (w, h) in pixels the model sees
+
+    for size in [(1000, 600), (4000, 3000), (300, 7000), (90, 60)]:
+        image = pattern_rgb(*size)
+        assert grid(image) == tool.model_size(*size, budget), size
+        ad = _budget_data(image, kwargs=kwargs)
+        mw, mh = tool.model_size(*size, budget)
+        response, record = zoom(tool, ad, {"bbox_2d": [0, 0, mw, mh]})
+        assert record["valid"], record["error"]
+        cw, ch = grid(response.image[0])
+        assert cw * ch <= kwargs["max_pixels"], (size, (cw, ch))
