@@ -107,7 +107,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--max-image-pixels",
         type=_positive_int,
         default=None,
-        help="skip images with more pixels than this (default: Pillow's decompression-bomb limit)",
+        help=(
+            "skip images with more pixels than this (decompression-bomb guard; default: Pillow's limit, "
+            "89,478,485, as the zoom tool's max_image_pixels). Not the model's pixel budget: images are "
+            "stored at native resolution for the zoom tool, and the recipe's data.mm_processor_kwargs "
+            "(min_pixels, max_pixels) sets the size the model sees them at"
+        ),
     )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument("--debug", action="store_true", help="show Python tracebacks of errors")
