@@ -25,8 +25,12 @@ trajectory before its image tokens enter the context). On top, each trajectory's
     ``None`` for a base trajectory, ``{"call", "turn", "prefix_tokens"}`` for an EVR fork.
 
 Forks (EVR, :mod:`medvr_verl.agent_loop_tq` and :mod:`medvr_verl.rollout`): a sample run with
-``medvr_publish_key`` leaves its final state in :data:`TRAJECTORY_STORE` for the worker; a sample run with ``medvr_fork={"source": key,
-"call": i}`` starts from that state cut at zoom call ``i``: the same messages, images, tokens,
+``medvr_publish_key`` leaves its final state in :data:`TRAJECTORY_STORE` for the worker; one run with
+``medvr_fork_hook`` reports each zoom call as soon as it is generated (streaming EVR). A sample run
+with ``medvr_fork={"state": ForkState}`` (streaming: cut from the live base) or ``{"source": key,
+"call": i}`` (two-phase: cut from the finished base) starts from the base cut at zoom call ``i``
+(``"mask_prefix": True`` puts ``response_mask`` 0 on the response prefix it shares with its base):
+the same messages, images, tokens,
 response mask and rollout logprobs up to the call's coordinates, the same ``request_id`` (veRL's
 sticky session sends it to the same server, whose prefix cache then holds the shared prefix), and
 continues by sampling the coordinates anew.

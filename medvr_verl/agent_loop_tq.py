@@ -7,11 +7,17 @@ Select with ``actor_rollout_ref.rollout.agent.agent_loop_manager_class=medvr_ver
 :class:`MedVRAgentLoopWorkerTQ` keeps that contract and changes three things:
 
 * **EVR** (training prompts on ``medvr_agent`` with ``n > 1``, ``rollout.custom.evr.enable``):
-  sessions ``0 .. ceil(n/2)-1`` are base trajectories; sessions ``ceil(n/2) .. n-1`` wait for them,
-  then fork from the zoom calls :func:`medvr_verl.rollout.plan_group_forks` picks (or start fresh,
-  the documented fallback). Exactly ``n`` sessions, ids ``0 .. n-1``. Validation and ``n = 1`` run
-  unforked. Fork state (the bases' ``AgentData``) stays in this process
-  (:data:`medvr_verl.agent_loop.TRAJECTORY_STORE`).
+  sessions ``0 .. ceil(n/2)-1`` are base trajectories, ``ceil(n/2) .. n-1`` forks or fresh samples;
+  exactly ``n`` sessions, ids ``0 .. n-1``. ``evr.mode: streaming`` (default): ``medvr_agent`` calls
+  back right after a base generated a zoom call; the call is decided there
+  (:func:`medvr_verl.entropy.decide_fork`) and a chosen one starts a fork at once from the base's
+  state cut at its coordinates, while the base goes on (:class:`_StreamingEVRGroup`); slots left when
+  every base settled are spent at once by ``evr.fallback``. ``evr.mode: two_phase``: forks wait for
+  all bases, then :func:`medvr_verl.rollout.plan_group_forks` plans them. Validation and ``n = 1``
+  run unforked. Fork state stays in this process (:data:`medvr_verl.agent_loop.TRAJECTORY_STORE`,
+  :class:`medvr_verl.agent_loop.ForkState`).
+* **Original images** of a ``medvr_agent`` prompt are read once (:class:`OriginalImages`, shared by
+  its samples and forks, decoded in the zoom tool's executor, released when the group is done).
 * **Whole-group CCA** (reward manager ``medvr_cca`` with streaming reward workers): finished sessions
   are held back; when all settled, the group goes to one reward worker in one call
   (``meta_info["medvr_group"]``), then the rows are written, already scored. Any other reward manager
@@ -24,7 +30,8 @@ Every ``rollout.custom.viz.interval`` training steps, the first ``max_groups`` g
 finishes are drawn to ``rollout.custom.viz.dir`` (zooms and consensus over the prompt's original
 image, :func:`medvr_verl.viz.write_step_overlays`), off the event loop; drawing never fails a step.
 
-Rollout statistics (reward parts, CCA, zoom counts, EVR) go into the rows' TransferQueue tags under
+Rollout statistics (reward parts, CCA, zoom counts, EVR, ``group_time_s`` from a group's start to
+its last row, ``image_decodes`` per prompt) go into the rows' TransferQueue tags under
 :data:`TAG_KEY`; :class:`medvr_verl.replay_buffer.MedVRReplayBuffer` turns the tags of each sampled
 batch into ``medvr/...`` step metrics (V1's channel from rollout to the logger).
 
@@ -290,6 +297,8 @@ class MedVRAgentLoopWorkerTQ(_AgentLoopWorkerTQ):
                     errors.append(e)
             if group.row_keys:
                 group.stats["group_time_s"] = [time.monotonic() - started]  # group start to its last row
+                if originals is not None:  # images of this prompt read from their source (1 per image)
+                    group.stats["image_decodes"] = [float(originals.decodes)]
                 await self._tag_rows(group, partition_id)
             if not validate and not errors:
                 await self._maybe_draw(prompt, group, originals)
@@ -388,6 +397,7 @@ class MedVRAgentLoopWorkerTQ(_AgentLoopWorkerTQ):
             info = dict(output.extra_fields.get("reward_extra_info") or {})
             if output.reward_score is not None:
                 info["score"] = float(output.reward_score)
+            info["fork"] = output.extra_fields.get(FORK_KEY) is not None
             records.append(info)
         self._viz_drawn = {step: self._viz_drawn.get(step, 0) + 1}
         try:

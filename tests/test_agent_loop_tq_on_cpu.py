@@ -241,6 +241,18 @@ def test_v1_two_phase_forks_only_after_every_base_finished(evr_two_phase_run):
         assert len(forks) == 2 and min(forks) > max(base_answers[:2])
 
 
+def test_v1_two_phase_cannot_pass_the_streaming_check(ray_session, tiny_model_path, reward_workers):
+    """Negative control of evr_run's server: under two-phase planning no fork starts while its base
+    runs, so the unsure base's held answer times out and the group fails."""
+    config = cca_config(tiny_model_path, EVR_TWO_PHASE, num_workers=1)
+    client = BaseAnswersAfterItsFork(config, script=EVRScript(tiny_model_path), wait_s=3.0)
+    meta, _, rows = run_manager_v1(
+        MedVRAgentLoopManagerTQ, config, client, _samples(1), reward_loop_worker_handles=reward_workers
+    )
+    (group,) = _by_uid(meta).values()
+    assert len(group) < 4 and all(rows["extra_fields"][pos]["reward_extra_info"]["cca_partial_group"] for _, pos in group)
+
+
 def test_v1_fresh_fallback_and_masked_fork_prefix(ray_session, tiny_model_path, reward_workers, tokenizer):
     """fallback=fresh: the sure base's call does not qualify, so its slot becomes a fresh sample (no
     second fork); mask_fork_prefix: the fork's shared prefix leaves its loss, its own tokens stay."""
