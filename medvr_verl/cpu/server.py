@@ -132,18 +132,17 @@ class CPURolloutServer:
     def _update_weights(self, named_tensors, global_steps):
         with self._lock:
             state = self._model.state_dict()
-            before = {name: state[name].clone() for name, _ in named_tensors if name in state}
             unknown = [name for name, _ in named_tensors if name not in state]
             if unknown:
                 raise KeyError(f"medvr_cpu: the actor sent weights the rollout model does not have: {unknown[:5]}")
             missing = sorted(set(state) - {name for name, _ in named_tensors})
+            max_delta = 0.0
             with torch.no_grad():
                 for name, tensor in named_tensors:
-                    state[name].copy_(tensor.to(state[name].dtype))
-            max_delta = max(
-                (float((state[name] - before[name]).abs().max()) for name in before if before[name].numel()),
-                default=0.0,
-            )
+                    new = tensor.to(state[name].dtype)
+                    if new.numel():
+                        max_delta = max(max_delta, float((new - state[name]).abs().max()))
+                    state[name].copy_(new)
             previous, self.fingerprint = self.fingerprint, weights_fingerprint(self._model.state_dict().items())
             self.weight_version += 1
             self.global_steps = global_steps
