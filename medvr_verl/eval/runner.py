@@ -461,7 +461,7 @@ def evaluate(
         check_hf_checkpoint(model_path)
 
     import ray
-    from tqdm.auto import tqdm
+    from medvr_verl import io_utils  # (the argument `progress` shadows io_utils.progress)
     from verl.trainer.ppo.utils import create_rl_dataset
     from verl.utils.config import omega_conf_to_dataclass
     from verl.utils.dataset.rl_dataset import collate_fn
@@ -500,7 +500,7 @@ def evaluate(
         if out_dir is not None:
             writer = JsonlWriter(Path(out_dir) / "samples.jsonl")
         total = sum(math.ceil(len(ds) / batch_size) for ds in datasets.values())
-        with tqdm(total=total, desc="eval", unit="batch", disable=not progress) as bar:
+        with io_utils.progress(total=total, desc="eval", unit="batch", enabled=progress) as bar:
             for key, ds in datasets.items():
                 correct = count = 0
                 for start in range(0, len(ds), batch_size):
