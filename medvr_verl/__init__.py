@@ -32,4 +32,6 @@ def register() -> None:
         importlib.import_module("medvr_verl.cpu").activate()
     for name in _GLUE_MODULES:
         importlib.import_module(name)
+    # Hydra search-path plugin: --config-path=recipes/medvr from a checkout's root (before @hydra.main)
+    importlib.import_module("medvr_verl.config_path").register()
     _registered = True

@@ -98,6 +98,18 @@ PRIVATE_SYMBOLS: tuple[PrivateSymbol, ...] = (
         "CPU only: builds 'cpu:gloo,cpu:gloo', which torch refuses; wrapped to pass backend='gloo'",
     ),
     PrivateSymbol(
+        "verl.workers.engine_workers",
+        "initialize_global_process_group_ray",
+        "medvr_verl.cpu.fixes",
+        "CPU only: the name bound in engine_workers is rebound to the gloo wrapper too",
+    ),
+    PrivateSymbol(
+        "verl.workers.rollout.replica",
+        "RolloutReplica._server_address",
+        "medvr_verl.cpu.rollout",
+        "set by the CPU replica's launch_servers; veRL's LLMServerManager reads it",
+    ),
+    PrivateSymbol(
         "verl.workers.engine.fsdp.transformer_impl",
         "CPUOffloadPolicy",
         "medvr_verl.cpu.fixes",
