@@ -257,7 +257,8 @@ def write_overlays(table: list[dict], out: Path, viz_dir: Path) -> list[Path]:
                 reward=m["R"],
                 tool_reward=m["R_tool"],
                 iou=m["IoU"] if m["answer"] == m["gt"] and m["box"] else None,
-                label=f"#{m['traj']} {m['kind']}",
+                label=f"#{m['traj']}",
+                fork=m["kind"] == "fork",
             )
             for m in members
         ]
