@@ -332,7 +332,8 @@ class ZoomInTool(BaseTool):
 
     Config keys (the YAML ``config:`` dict; all optional): ``patch_size`` (14), ``merge_size`` (2),
     ``min_pixels`` (3136), ``max_pixels`` (12845056) -- these must match the processor of the policy
-    model when the agent loop passes it no ``min_pixels`` / ``max_pixels`` pair (see "Pixel budget"); ``min_crop_side`` (28, at least 1) -- shorter side a returned crop is scaled up to;
+    model when the agent loop passes it no ``min_pixels`` / ``max_pixels`` pair (see "Pixel budget");
+    ``min_crop_side`` (28, at least 1) -- shorter side a returned crop is scaled up to;
     ``max_calls_per_trajectory`` (none) -- calls beyond it get an error text; ``max_image_pixels``
     (absent: Pillow's ``Image.MAX_IMAGE_PIXELS``; null: no limit) -- images with more pixels are
     refused without decoding them (decompression-bomb guard).
@@ -385,7 +386,9 @@ class ZoomInTool(BaseTool):
         try:
             lo, hi = _pixels(lo), _pixels(hi)
         except ValueError:
-            _warn_once(f"mm_processor_kwargs pixel budget {lo!r} / {hi!r} is not two positive integers; using the config's")
+            _warn_once(
+                f"mm_processor_kwargs pixel budget {lo!r} / {hi!r} is not two positive integers; using the config's"
+            )
             return self.min_pixels, self.max_pixels
         if lo > hi:
             _warn_once(f"mm_processor_kwargs min_pixels {lo} > max_pixels {hi}; using the config's")
