@@ -113,6 +113,14 @@ def test_settings_are_validated():
         EVRSettings(p_base=1.5)
     with pytest.raises(ValueError, match="tool_window"):
         EVRSettings(tool_window=0)
+    with pytest.raises(ValueError, match="mode"):
+        EVRSettings(mode="eager")
+    with pytest.raises(ValueError, match="fallback"):
+        EVRSettings(fallback="random")
+    with pytest.raises(ValueError, match="mask_fork_prefix"):
+        EVRSettings(mask_fork_prefix="yes")
+    defaults = EVRSettings()
+    assert (defaults.mode, defaults.fallback, defaults.mask_fork_prefix) == ("streaming", "top_dh", False)
 
 
 def test_evr_on_real_distributions_of_the_tiny_model(ray_session, tiny_model_path, reward_workers, tokenizer):
