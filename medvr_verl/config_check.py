@@ -43,7 +43,8 @@ def check_settings(config, *, reward_workers: bool | None = None) -> None:
 
     ``reward_workers``: whether streaming reward workers exist (default: derived from the config).
     Checks ``rollout.custom.evr`` and ``rollout.custom.viz`` (known keys, ranges), ``reward.reward_kwargs``
-    of ``medvr_cca`` (variant, ranges), and on V1: EVR under an async trainer mode (veRL's async LLM
+    of ``medvr_cca`` (variant, ranges), the pixel budget ``data.mm_processor_kwargs`` (both bounds or
+    neither), and on V1: EVR under an async trainer mode (veRL's async LLM
     client drops per-token entropy) and ``tool_reward: consensus`` without streaming reward workers.
     """
     from medvr_verl.reward_manager import CCARewardSettings
@@ -62,6 +63,13 @@ def check_settings(config, *, reward_workers: bool | None = None) -> None:
     for key in ("interval", "max_groups"):
         if viz.get(key) is not None and not (isinstance(viz[key], int) and viz[key] >= 1):
             raise MedVRSettingsError(f"rollout.custom.viz.{key} must be an integer >= 1, got {viz[key]!r}")
+
+    mm_kwargs = dict((config.get("data", None) or {}).get("mm_processor_kwargs", None) or {})
+    if ("min_pixels" in mm_kwargs) != ("max_pixels" in mm_kwargs):
+        raise MedVRSettingsError(
+            "data.mm_processor_kwargs needs both min_pixels and max_pixels: Qwen2.5-VL's image processor "
+            f"(transformers 5) silently ignores one given alone, got {sorted(mm_kwargs)}"
+        )
 
     if not config.trainer.get("use_v1", True):
         return

@@ -155,6 +155,7 @@ def test_recipe_settings_pass_the_driver_check(name, tiny_model_path):
         ("reward.reward_kwargs.tool_reward=consensuss", "tool_reward must be one of"),
         ("+actor_rollout_ref.rollout.custom.evr.gama=0.3", "unknown rollout.custom.evr options ['gama']"),
         ("trainer.v1.trainer_mode=colocate_async", "evr.enable=false"),
+        ("~data.mm_processor_kwargs.min_pixels", "needs both min_pixels and max_pixels"),
     ],
 )
 def test_main_ppo_stops_in_the_driver_on_a_bad_setting(override, message):

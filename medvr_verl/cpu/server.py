@@ -173,10 +173,14 @@ class CPURolloutServer:
         return {"version": self.weight_version, "fingerprint": self.fingerprint, "global_steps": self.global_steps}
 
     # -- generation ----------------------------------------------------------------------------
-    def _vision_inputs(self, image_data) -> dict[str, torch.Tensor]:
+    def _vision_inputs(self, image_data, mm_processor_kwargs: dict | None = None) -> dict[str, torch.Tensor]:
+        """The images as the agent loop's processor saw them: the same ``mm_processor_kwargs`` (pixel
+        budget), so the server has as many image tokens as the prompt holds."""
         if not image_data:
             return {}
-        vision = self._processor.image_processor(images=list(image_data), return_tensors="pt")
+        vision = self._processor.image_processor(
+            images=list(image_data), return_tensors="pt", **dict(mm_processor_kwargs or {})
+        )
         return {"pixel_values": vision["pixel_values"], "image_grid_thw": vision["image_grid_thw"]}
 
     def _image_sizes(self, vision: dict[str, torch.Tensor]) -> list[tuple[int, int]]:
@@ -234,7 +238,7 @@ class CPURolloutServer:
             raise NotImplementedError("medvr_cpu: video inputs are not supported")
         prompt_ids = list(normalize_token_ids(prompt_ids))
         params = dict(sampling_params)
-        vision = await asyncio.to_thread(self._vision_inputs, image_data)
+        vision = await asyncio.to_thread(self._vision_inputs, image_data, kwargs.get("mm_processor_kwargs"))
         if self.policy == "scripted":
             token_ids = await self._scripted_tokens(request_id, prompt_ids, params, image_data, vision)
             logprobs, entropy, exact = await asyncio.to_thread(self._score, prompt_ids, token_ids, vision, params)
