@@ -18,6 +18,7 @@ from verl.utils.import_utils import load_class_from_fqn, load_extern_type
 from medvr_verl.reward_manager import CCARewardSettings
 from medvr_verl.rollout import EVRSettings
 
+# "medvr" and each option of its ablation config group (ablation=<name>)
 MEDVR = [
     "medvr",
     "zoom",
@@ -26,7 +27,6 @@ MEDVR = [
     "text_rl",
     "tool_reward_none",
     "tool_reward_unconditional",
-    "tool_reward_correct",
 ]
 
 
@@ -37,24 +37,33 @@ def _recipe_names(package):
 
 
 def test_every_recipe_file_is_covered():
-    assert _recipe_names("medvr_verl.recipes.medvr") == sorted(MEDVR)
+    assert _recipe_names("medvr_verl.recipes.medvr") == ["medvr"]
+    ablations = resources.files("medvr_verl.recipes.medvr").joinpath("ablation").iterdir()
+    assert sorted(p.name[:-5] for p in ablations if p.name.endswith(".yaml")) == sorted(MEDVR[1:])
     assert _recipe_names("medvr_verl.recipes.medvlm_r1") == ["medvlm_r1"]
 
 
 def test_no_recipe_forces_the_legacy_trainer():
-    for package in ("medvr_verl.recipes.medvr", "medvr_verl.recipes.medvlm_r1"):
-        for path in resources.files(package).iterdir():
+    folders = [resources.files(p) for p in ("medvr_verl.recipes.medvr", "medvr_verl.recipes.medvlm_r1")]
+    folders += [f for f in folders[0].iterdir() if f.is_dir() and not f.name.startswith("_")]
+    for folder in folders:
+        for path in folder.iterdir():
             if path.name.endswith(".yaml"):
                 assert "use_v1" not in path.read_text(), path.name
 
 
 def compose_recipe(package, name, tiny_model_path):
+    """A recipe as main_ppo composes it; a MedVR ablation is ``--config-name=medvr ablation=<name>``."""
     if GlobalHydra.instance().is_initialized():
         GlobalHydra.instance().clear()
+    ablation = []
+    if package == "medvr_verl.recipes.medvr" and name != "medvr":
+        name, ablation = "medvr", [f"ablation={name}"]
     with initialize_config_module(config_module=package, version_base=None):
         config = compose(
             config_name=name,
             overrides=[
+                *ablation,
                 "data.train_files=/data/train.parquet",
                 "data.val_files=/data/test.parquet",
                 f"actor_rollout_ref.model.path={tiny_model_path}",
@@ -91,7 +100,6 @@ def test_medvr_recipes(name, tiny_model_path):
         "zoom_cca": (False, "consensus", "vllm"),
         "tool_reward_none": (True, "none", "medvr_vllm"),
         "tool_reward_unconditional": (True, "unconditional", "medvr_vllm"),
-        "tool_reward_correct": (True, "correct", "medvr_vllm"),
     }[name]
     assert (evr.enable, settings.tool_reward, rollout.name) == expected
     # veRL's V1 trainer (no legacy-trainer warning) with this plugin's V1 manager and replay buffer
@@ -273,3 +281,11 @@ def test_one_epoch_would_have_stopped_after_one_pass(tiny_model_path, monkeypatc
     config.trainer.total_epochs = 1
     _, steps = _steps_run(config, 1793, monkeypatch)
     assert steps == list(range(1, 15))
+
+
+def test_evaluation_composes_an_ablation_by_name(tmp_path):
+    from medvr_verl.eval.runner import build_eval_config
+
+    config = build_eval_config(tmp_path, {"vqa_rad": str(tmp_path / "t.parquet")}, recipe="text_rl")
+    assert config.actor_rollout_ref.rollout.agent.default_agent_loop == "single_turn_agent"
+    assert config.reward.reward_kwargs.tool_reward == "none" and config.trainer.experiment_name == "medvr_text_rl"

@@ -74,7 +74,9 @@ def build_parser() -> argparse.ArgumentParser:
         "or data.max_response_length=2048; repeat for several",
     )
     parser.add_argument(
-        "--recipe", default="medvr", help="recipe config to evaluate with (medvr; text_rl for the text baseline)"
+        "--recipe",
+        default="medvr",
+        help="medvr, or one of its ablations (recipes/medvr/ablation/; text_rl for the text baseline)",
     )
     parser.add_argument("--no-responses", action="store_true", help="leave the decoded responses out of samples.jsonl")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")

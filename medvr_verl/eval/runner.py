@@ -130,8 +130,8 @@ def build_eval_config(
 ):
     """The trainer config :func:`evaluate` runs with: a MedVR recipe with evaluation settings.
 
-    Composes ``recipe`` from ``medvr_verl.recipes.medvr`` (``medvr``: the zoom agent; ``text_rl``:
-    the text baseline) over veRL's ``ppo_trainer``, then these overrides, then ``overrides``
+    Composes ``recipe`` from ``medvr_verl.recipes.medvr`` (``medvr``: the zoom agent; another name:
+    that option of its ``ablation`` group, e.g. ``text_rl``, the text baseline) over veRL's ``ppo_trainer``, then these overrides, then ``overrides``
     (Hydra syntax, ``key=value`` / ``+new.key=value``; they win):
 
     * ``rollout.name=vllm``, ``load_format=auto`` (the server loads the checkpoint itself),
@@ -180,7 +180,8 @@ def build_eval_config(
         GlobalHydra.instance().clear()
     try:
         with initialize_config_module(config_module=RECIPE_PACKAGE, version_base=None):
-            config = compose(config_name=recipe, overrides=[*base, *overrides])
+            ablation = [] if recipe == "medvr" else [f"ablation={recipe}"]
+            config = compose(config_name="medvr", overrides=[*ablation, *base, *overrides])
     finally:
         GlobalHydra.instance().clear()
     config.actor_rollout_ref.model.path = os.fspath(model_path)
@@ -442,7 +443,7 @@ def evaluate(
             ``RLHFDataset`` with ``data.shuffle``/``data.seed``).
         samples_per_prompt: samples per question; 1 is greedy, more sample at ``val_kwargs.temperature``.
         overrides: Hydra overrides of the config (:func:`build_eval_config`).
-        recipe: the recipe config composed (``medvr``, or ``text_rl`` for the text baseline).
+        recipe: ``medvr``, or an option of its ablation group (``text_rl`` for the text baseline).
         reward_workers: running ``RewardLoopWorker`` handles with ``medvr_cca`` to use instead of
             starting ``reward.num_workers`` new ones (veRL names them ``reward_loop_worker_{i}``, so
             only one set can live in a Ray namespace).
