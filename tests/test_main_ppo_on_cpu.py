@@ -123,3 +123,13 @@ def test_checkpoint_and_resume_continue_without_repeating_or_losing_a_step(resum
     # the resumed actor loaded the step-2 checkpoint: its first sync carries exactly those weights
     assert second_run[0]["fingerprint"] == first_run[-1]["fingerprint"]
     assert [s["global_steps"] for s in second_run] == [2, 3]
+
+
+def test_runs_on_the_v1_trainer_with_medvr_step_metrics(demo, resumed):
+    """No legacy-trainer warning; MedVR's rollout statistics reach veRL's step metrics (V1 sampler)."""
+    out, output, _ = resumed
+    assert "Legacy trainer" not in output and "main_ppo_v0" not in output
+    metrics = _metrics(out / "metrics.jsonl")
+    for step in (1, 2):
+        assert metrics[step]["medvr/evr/fork_rate/mean"] > 0 and metrics[step]["medvr/fork/mean"] > 0
+        assert 0.0 <= metrics[step]["medvr/acc/mean"] <= 1.0 and "medvr/tool_reward/mean" in metrics[step]
