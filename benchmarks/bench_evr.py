@@ -373,7 +373,8 @@ def zoom_stall(side: int = 4096, samples: int = 8) -> dict:
 
         asyncio.events.Handle._run = timed_run
         try:
-            out = {name: asyncio.run(measure(mode)) for name, mode in (("idle", None), ("zoom", False), ("decode on loop", True))}
+            modes = (("idle", None), ("zoom", False), ("decode on loop", True))
+            out = {name: asyncio.run(measure(mode)) for name, mode in modes}
         finally:
             asyncio.events.Handle._run = run
     out["decode_s"] = decode_s
@@ -510,7 +511,8 @@ def main(argv: list[str] | None = None) -> int:
         f"zoom on a 4096x4096 PNG original, 8 samples at once through one OriginalImages (one decode alone: "
         f"{stall['decode_s'] * 1e3:.0f} ms):"
     )
-    for name, st in (("idle loop", idle), ("zoom (decode in the executor)", zoom), ("decode on the loop (before)", on_loop)):
+    rows = (("idle loop", idle), ("zoom (decode in the executor)", zoom), ("decode on the loop (before)", on_loop))
+    for name, st in rows:
         print(
             f"  {name:32s} longest loop step {st['step_cpu_s'] * 1e3:7.2f} ms CPU, heartbeat overshoot "
             f"{st['gap_s'] * 1e3:7.2f} ms wall, decodes {st['decodes']}"
@@ -529,7 +531,8 @@ def main(argv: list[str] | None = None) -> int:
             token_ratio <= TARGET_FORK_TOKENS_RATIO,
         ),
         (
-            f"original-image decodes per prompt == {TARGET_DECODES_PER_PROMPT} (min {decodes_min:.0f}, max {decodes:.0f}; "
+            f"original-image decodes per prompt == {TARGET_DECODES_PER_PROMPT} "
+            f"(min {decodes_min:.0f}, max {decodes:.0f}; "
             "M samples and their forks share one decode)",
             decodes == decodes_min == TARGET_DECODES_PER_PROMPT,
         ),

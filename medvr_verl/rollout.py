@@ -303,7 +303,9 @@ class EVRSettings:
         if self.fallback not in FALLBACKS:
             raise ValueError(f"rollout.custom.evr.fallback must be one of {FALLBACKS}, got {self.fallback!r}")
         if not isinstance(self.mask_fork_prefix, bool):
-            raise ValueError(f"rollout.custom.evr.mask_fork_prefix must be true or false, got {self.mask_fork_prefix!r}")
+            raise ValueError(
+                f"rollout.custom.evr.mask_fork_prefix must be true or false, got {self.mask_fork_prefix!r}"
+            )
         if not 0.0 <= self.p_base <= 1.0:
             raise ValueError(f"rollout.custom.evr.p_base must lie in [0, 1], got {self.p_base}")
         if self.gamma < 0 or not math.isfinite(self.gamma):

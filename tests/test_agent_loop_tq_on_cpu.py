@@ -236,7 +236,9 @@ def test_v1_two_phase_forks_only_after_every_base_finished(evr_two_phase_run):
         mine = [c for c in calls if c["key"] == key]
         forks = [i for i, c in enumerate(mine) if is_fork_request(c["prompt_text"])]
         base_answers = [
-            i for i, c in enumerate(mine) if c["turn"] == 1 and base_index(c["prompt_text"]) is not None and i not in forks
+            i
+            for i, c in enumerate(mine)
+            if c["turn"] == 1 and base_index(c["prompt_text"]) is not None and i not in forks
         ]
         assert len(forks) == 2 and min(forks) > max(base_answers[:2])
 
@@ -250,7 +252,8 @@ def test_v1_two_phase_cannot_pass_the_streaming_check(ray_session, tiny_model_pa
         MedVRAgentLoopManagerTQ, config, client, _samples(1), reward_loop_worker_handles=reward_workers
     )
     (group,) = _by_uid(meta).values()
-    assert len(group) < 4 and all(rows["extra_fields"][pos]["reward_extra_info"]["cca_partial_group"] for _, pos in group)
+    assert len(group) < 4
+    assert all(rows["extra_fields"][pos]["reward_extra_info"]["cca_partial_group"] for _, pos in group)
 
 
 def test_v1_fresh_fallback_and_masked_fork_prefix(ray_session, tiny_model_path, reward_workers, tokenizer):
