@@ -112,6 +112,10 @@ def test_medvr_recipes(name, tiny_model_path):
     assert rollout.n == 16 and config.data.train_batch_size % config.actor_rollout_ref.actor.ppo_mini_batch_size == 0
 
 
+def _recipe_file(name):
+    return str(resources.files("medvr_verl.recipes.medvlm_r1").joinpath(f"{name}.yaml"))
+
+
 def test_medvlm_r1_recipe_uses_the_scoring_callable(tiny_model_path):
     from verl.trainer.ppo.reward import get_custom_reward_fn, resolve_reward_manager_cls
 
@@ -125,6 +129,10 @@ def test_medvlm_r1_recipe_uses_the_scoring_callable(tiny_model_path):
         extra_info={"question_type": "closed"},
     )
     assert result["acc"] == 1.0 and result["format"] == 1.0 and result["score"] == 2.0
+    # MedVLM-R1's own settings (issue 13 item 11): 4 generations, 512-token answers, 401,408 pixels, 2 epochs
+    assert config.actor_rollout_ref.rollout.n == 4 and config.data.max_response_length == 512
+    assert dict(config.data.mm_processor_kwargs) == {"min_pixels": 3136, "max_pixels": 401408}
+    assert config.trainer.total_epochs == 2 and "Qwen2-VL-2B" in open(_recipe_file("medvlm_r1")).read()
 
 
 def test_gpu_smoke_command_composes(tiny_model_path, tmp_path):
