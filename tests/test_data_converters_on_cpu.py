@@ -277,8 +277,11 @@ def test_vqa_rad_osf(tmp_path, vl_processor, monkeypatch):
     assert list(df["data_source"]) == ["vqa_rad"] * 3
     assert list(df["agent_name"]) == ["medvr_agent"] * 3
     types = [e["question_type"] for e in df["extra_info"]]
-    assert types == ["closed", "closed", "open"]  # qid 2 is CLOSED without yes/no
-    assert df["extra_info"][0]["answer_type"] == "CLOSED"
+    # one rule for the OSF json and the Hugging Face copy: closed iff the answer is yes/no, so qid 2
+    # ("Is this a CT or an MRI?" -> "CT", labelled CLOSED by the release) is open; the label is kept.
+    assert types == ["closed", "open", "open"]
+    assert [e["answer_type"] for e in df["extra_info"]] == ["CLOSED", "CLOSED", "OPEN"]
+    assert {json.loads(e["meta"])["question_type_rule"] for e in df["extra_info"]} == {"answer_yes_no"}
     assert df["prompt"][0][0]["content"] == SYSTEM_PROMPT
     user = df["prompt"][0][1]["content"]
     assert user.startswith("<image>\nIs there a mass?\n") and user.count("<image>") == 1
@@ -345,6 +348,7 @@ def _slake(root: Path) -> None:
     imgs = root / "imgs"
     _image(imgs / "xmlab0" / "source.jpg", (48, 40), "RGB", fmt="JPEG", seed=3)
     Image.fromarray(np.zeros((40, 48), np.uint8)).save(imgs / "xmlab0" / "mask.png")
+    (imgs / "xmlab0" / "mask.txt").write_text("1:Liver\n2:Spleen\n", encoding="utf-8")
     _write_json(imgs / "xmlab0" / "detection.json", [{"Liver": [10, 5, 20, 10]}, {"Spleen": [30, 20, 50, 50]}])
     _image(imgs / "xmlab1" / "source.jpg", (36, 36), "L", fmt="JPEG", seed=4)
     base = {
@@ -428,6 +432,10 @@ def test_slake(tmp_path, vl_processor, monkeypatch):
     assert [list(map(list, e["gt_boxes"])) for e in extra[:1]] == [[[10.0, 5.0, 30.0, 15.0], [30.0, 20.0, 48.0, 40.0]]]
     assert list(extra[0]["gt_box_labels"]) == ["Liver", "Spleen"]
     assert extra[0]["mask_path"] == str((root / "imgs" / "xmlab0" / "mask.png").resolve())
+    meta0 = json.loads(extra[0]["meta"])
+    assert meta0["mask_legend_file"] == str((root / "imgs" / "xmlab0" / "mask.txt").resolve())
+    assert meta0["mask_legend"] == {"1": "Liver", "2": "Spleen"}
+    assert meta0["question_type_rule"] == "release_label_or_yes_no"
     assert len(extra[3]["gt_boxes"]) == 0 and extra[3]["mask_path"] is None
     assert list(extra[0]["image_files"]) == ["imgs/xmlab0/source.jpg"]
 
@@ -549,7 +557,7 @@ def _pmc_vqa(root: Path) -> None:
             "D:Heart",
             "Spleen",
             "C",
-        ],  # label disagrees with the text: corrected to B
+        ],  # label disagrees with the text: the official label C is kept (a warning)
         [2, "PMC1_fig1.jpg", "cap", "What is shown?", "A:x", "B:y", "C:z", "D:w", "q", "F"],  # unknown label
         [3, "PMC9_missing.jpg", "cap", "What is seen?", "A:a1", "B:b1", "C:c1", "D:d1", "a1", "A"],
         [4, "PMC1_fig1.jpg", "cap", "", "A:a1", "B:b1", "C:c1", "D:d1", "a1", "A"],  # no question
@@ -588,12 +596,14 @@ def test_pmc_vqa(tmp_path, vl_processor, monkeypatch):
         malformed("Question"): 1,
         SKIP_IMAGE_TOO_LARGE: 1,
     }
-    assert report.warnings == {"answer label corrected to the choice matching the answer text": 1}
+    assert report.warnings == {"answer text names another choice (official Answer_label kept)": 1}
     df = _read(out)
     extra = list(df["extra_info"])
-    assert [r["ground_truth"] for r in df["reward_model"]] == ["A", "B", "B"]
+    assert [r["ground_truth"] for r in df["reward_model"]] == ["A", "C", "B"]
     assert dict(extra[0]["options"]) == {"A": "CT scan", "B": "MRI", "C": "PET", "D": "Ultrasound", "E": None}
-    assert [e["answer_text"] for e in extra] == ["CT scan", "Spleen", "right"]
+    assert [e["answer_text"] for e in extra] == ["CT scan", "Kidney", "right"]
+    assert list(extra[0]["image_files"]) == ["images/PMC1_fig1.jpg"]
+    assert json.loads(extra[0]["meta"]) == {"csv_version": "v1"}
     assert [e["split"] for e in extra] == ["test"] * 3 and extra[0]["source_split"] == "test_clean"
     user = df["prompt"][0][1]["content"]
     assert "Options:\nA. CT scan\nB. MRI\nC. PET\nD. Ultrasound\nAnswer with the option's letter." in user

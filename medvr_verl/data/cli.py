@@ -13,8 +13,8 @@ import os
 import sys
 import textwrap
 
-from medvr_verl.data.readers import LAYOUTS, READERS, LayoutError, SourceFileError
-from medvr_verl.data.writer import AUTO, check_output_path, convert
+from medvr_verl.data.readers import LAYOUTS, QUESTION_TYPE_RULES, READERS, LayoutError, SourceFileError
+from medvr_verl.data.writer import AUTO, check_output_path, convert, resolve_dataset
 
 __all__ = ["build_parser", "main"]
 
@@ -104,6 +104,24 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--system-prompt-file", default=None, help="file whose text replaces the system prompt")
     parser.add_argument("--all-languages", action="store_true", help="SLAKE: keep non-English questions too")
     parser.add_argument(
+        "--question-type-rule",
+        choices=QUESTION_TYPE_RULES,
+        default=None,
+        help=(
+            "VQA-RAD: how closed/open is decided (default answer_yes_no: closed iff the answer is yes/no, the "
+            "same for the OSF json and the Hugging Face copy; release_label and release_label_or_yes_no read "
+            "the OSF answer_type and are refused for the copy). Written to extra_info.meta"
+        ),
+    )
+    parser.add_argument(
+        "--pmc-answer-from-text",
+        action="store_true",
+        help=(
+            "PMC-VQA: let the Answer text override the official Answer_label (v1) when it names exactly one "
+            "other choice (default: the official label is the ground truth; disagreements are only counted)"
+        ),
+    )
+    parser.add_argument(
         "--max-image-pixels",
         type=_positive_int,
         default=None,
@@ -157,6 +175,15 @@ def _main(argv: list[str]) -> int:
     kwargs = {}
     if args.all_languages:
         kwargs["english_only"] = False
+    dataset = resolve_dataset(args.dataset) if args.question_type_rule or args.pmc_answer_from_text else None
+    if args.question_type_rule is not None:
+        if dataset != "vqa_rad":
+            raise UsageError(f"--question-type-rule is for vqa_rad only, not {dataset}")
+        kwargs["question_type_rule"] = args.question_type_rule
+    if args.pmc_answer_from_text:
+        if dataset != "pmc_vqa":
+            raise UsageError(f"--pmc-answer-from-text is for pmc_vqa only, not {dataset}")
+        kwargs["answer_from_text"] = True
     if args.max_image_pixels is not None:
         kwargs["max_image_pixels"] = args.max_image_pixels
     agent_name = None if args.no_agent_name else (args.agent_name or AUTO)

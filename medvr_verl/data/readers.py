@@ -9,10 +9,20 @@ yielded; image files are only located here -- opening and checking them is the w
 Question types (``extra_info.question_type``, see :mod:`medvr_verl.scoring`):
 
 * ``multiple_choice``: PMC-VQA, OmniMedVQA, MedXpertQA-MM; ground truth = option letter.
-* ``closed``: the release labels the question CLOSED (VQA-RAD OSF json, SLAKE), or the answer is yes/no
-  (every release, the only rule for the Hugging Face copies of VQA-RAD and PathVQA); scored by exact
-  match (first word for yes/no).
-* ``open``: everything else; scored by exact match or bounded containment.
+* ``closed`` / ``open``: one explicit rule per dataset, the same whichever copy of the release is
+  read, and recorded in ``extra_info.meta["question_type_rule"]``:
+
+  - ``answer_yes_no`` (VQA-RAD, PathVQA): closed iff the ground-truth answer is yes/no (after
+    :func:`~medvr_verl.scoring.normalize_text`). The only rule the Hugging Face copies
+    (``flaviagiammarino/vqa-rad``, ``flaviagiammarino/path-vqa``, no ``answer_type`` column) allow,
+    and the one published evaluations of those copies use; the VQA-RAD OSF json is read with the same
+    rule so that its 451-question test set gets the same closed/open breakdown as the copy. The OSF
+    release's own CLOSED/OPEN label stays in ``extra_info.answer_type``; ``read_vqa_rad(...,
+    question_type_rule="release_label")`` (OSF only) uses it instead, and says so in the row.
+  - ``release_label_or_yes_no`` (SLAKE, whose every copy keeps ``answer_type``): closed when the
+    release labels the question CLOSED or the answer is yes/no.
+
+  How each type is scored: :mod:`medvr_verl.scoring`.
 
 Layouts followed (the on-disk form of each public release; see :data:`LAYOUTS`):
 
@@ -27,8 +37,11 @@ Layouts followed (the on-disk form of each public release; see :data:`LAYOUTS`):
 * PathVQA: the Hugging Face copy ``flaviagiammarino/path-vqa`` (columns ``image``/``question``/
   ``answer``; splits train/validation/test). The original pickle release is not read (unpickling
   runs code from the file).
-* PMC-VQA: ``xmcmic/PMC-VQA`` (Zhang et al. 2023): ``train.csv``/``test.csv``/``test_clean.csv``
-  (and ``train_2.csv``/``test_2.csv``) + ``images/`` (or ``figures/`` for the v2 csvs).
+* PMC-VQA: ``xmcmic/PMC-VQA`` (Zhang et al. 2023). v2 (the csvs current evaluations use):
+  ``train_2.csv``/``test_2.csv`` (``Answer`` = the option letter) + ``figures/`` (or
+  ``images_2/figures/``). v1: ``train.csv``/``test.csv``/``test_clean.csv`` (ground truth
+  ``Answer_label``) + ``images/`` (or ``images/figures/``). The version is the csv's name; each
+  reads only its own image folders, since the two image sets share file names.
 * OmniMedVQA: ``foreverbeliever/OmniMedVQA`` (Hu et al. 2024): ``QA_information/Open-access/*.json``
   + ``Images/``; ``image_path`` is relative to the release root. The release has no train/test split:
   every record gets the ``split`` label given.
@@ -68,10 +81,12 @@ from medvr_verl.scoring import normalize_text
 
 __all__ = [
     "LAYOUTS",
+    "QUESTION_TYPE_RULES",
     "LayoutError",
     "READERS",
     "SourceFileError",
     "read_medxpertqa_mm",
+    "pmc_vqa_version",
     "read_omnimedvqa",
     "read_path_vqa",
     "read_pmc_vqa",
@@ -87,15 +102,19 @@ LAYOUTS: dict[str, str] = {
     ),
     "slake": (
         "SLAKE (Slake1.0): <root>/{train,validate,test}.json and <root>/imgs/xmlab<N>/source.jpg "
-        "(+ mask.png, detection.json); split val/validation reads validate.json."
+        "(+ detection.json: boxes of organs and findings; mask.png with its legend mask.txt); "
+        "split val/validation reads validate.json."
     ),
     "path_vqa": (
         "PathVQA, Hugging Face copy flaviagiammarino/path-vqa: a save_to_disk folder or a hub snapshot "
         "<root>/data/{train,validation,test}-*.parquet (columns image, question, answer)."
     ),
     "pmc_vqa": (
-        "PMC-VQA: <root>/{train,test,test_clean,train_2,test_2}.csv (columns Figure_path, Question, Answer, "
-        "Choice A..D, Answer_label) and the images in <root>/images/ or <root>/figures/."
+        "PMC-VQA (xmcmic/PMC-VQA), two versions. v2: <root>/{train_2,test_2}.csv (columns index, Figure_path, "
+        "Caption, Question, Choice A..D, Answer = the option letter, split) with the images in <root>/figures/ "
+        "(or <root>/images_2/figures/). v1: <root>/{train,test,test_clean}.csv (columns Figure_path, Question, "
+        "Answer, Choice A..D, Answer_label = the ground truth) with the images in <root>/images/ (or "
+        "<root>/images/figures/). Each version reads only its own image folder."
     ),
     "omnimedvqa": (
         "OmniMedVQA: <root>/QA_information/Open-access/*.json (lists of records with question_id, question, "
@@ -158,11 +177,25 @@ def _is_yes_no(answer: str) -> bool:
     return normalize_text(answer) in ("yes", "no")
 
 
-def _short_type(answer: str, answer_type: str | None) -> str:
-    """``closed`` when the release says CLOSED or the answer is yes/no, else ``open``."""
-    if (answer_type or "").upper() == "CLOSED" or _is_yes_no(answer):
-        return "closed"
-    return "open"
+#: Closed/open rules (``extra_info.meta["question_type_rule"]``), see the module docstring.
+RULE_YES_NO = "answer_yes_no"
+RULE_RELEASE_LABEL = "release_label"
+RULE_RELEASE_LABEL_OR_YES_NO = "release_label_or_yes_no"
+QUESTION_TYPE_RULES = (RULE_YES_NO, RULE_RELEASE_LABEL, RULE_RELEASE_LABEL_OR_YES_NO)
+
+
+def _short_type(answer: str, answer_type: str | None, rule: str = RULE_RELEASE_LABEL_OR_YES_NO) -> str:
+    """``closed`` or ``open`` for a closed/open dataset under ``rule`` (one of :data:`QUESTION_TYPE_RULES`)."""
+    label = (answer_type or "").upper()
+    if rule == RULE_YES_NO:
+        closed = _is_yes_no(answer)
+    elif rule == RULE_RELEASE_LABEL:
+        closed = label == "CLOSED"
+    elif rule == RULE_RELEASE_LABEL_OR_YES_NO:
+        closed = label == "CLOSED" or _is_yes_no(answer)
+    else:
+        raise ValueError(f"question_type_rule must be one of {QUESTION_TYPE_RULES}, got {rule!r}")
+    return "closed" if closed else "open"
 
 
 def _report(report: ConversionReport | None, dataset: str, split: str) -> ConversionReport:
@@ -369,9 +402,10 @@ def _read_hf_qa(
                 source_id=source_id,
                 question=question,
                 answer=answer,
-                question_type=_short_type(answer, None),
+                question_type=_short_type(answer, None, RULE_YES_NO),
                 images=[image],
                 modality=modality,
+                meta={"question_type_rule": RULE_YES_NO},
             )
 
     return generate()
@@ -387,23 +421,42 @@ _VQA_RAD_PHRASE_TYPES = {"train": ("freeform", "para"), "test": ("test_freeform"
 
 
 def read_vqa_rad(
-    source: object, split: str = "test", *, dedupe: bool = True, report: ConversionReport | None = None
+    source: object,
+    split: str = "test",
+    *,
+    dedupe: bool = True,
+    question_type_rule: str = RULE_YES_NO,
+    report: ConversionReport | None = None,
 ) -> Iterator[Record]:
     """VQA-RAD questions of ``split`` (``train`` or ``test``).
 
     OSF layout (``VQA_RAD Dataset Public.json`` + ``VQA_RAD Image Folder/``): the split comes from
-    ``phrase_type``; ``answer_type`` CLOSED/OPEN and yes/no answers decide closed vs open; with
-    ``dedupe`` (default), duplicate (image, question, answer) triplets and train triplets also in test
-    are skipped, as in the Hugging Face copy. Hugging Face copy (``flaviagiammarino/vqa-rad``):
-    closed iff the answer is yes/no (the copy dropped ``answer_type``).
+    ``phrase_type``; with ``dedupe`` (default), duplicate (image, question, answer) triplets and train
+    triplets also in test are skipped, as in the Hugging Face copy (``flaviagiammarino/vqa-rad``).
+
+    Closed vs open: one rule for both layouts, ``answer_yes_no`` (closed iff the answer is yes/no),
+    so the OSF json and the Hugging Face copy give the same breakdown of the same test set; the OSF
+    ``answer_type`` (CLOSED/OPEN) is kept in ``answer_type``. ``question_type_rule="release_label"``
+    (closed iff ``answer_type`` is CLOSED) or ``"release_label_or_yes_no"`` read the OSF label
+    instead; the Hugging Face copy has no label, so they are refused there. The rule is written to
+    ``extra_info.meta["question_type_rule"]``.
     """
     report = _report(report, "vqa_rad", split)
+    if question_type_rule not in QUESTION_TYPE_RULES:
+        raise ValueError(
+            f"vqa_rad: question_type_rule must be one of {QUESTION_TYPE_RULES}, got {question_type_rule!r}"
+        )
     if _is_hf_object(source) or (
         isinstance(source, (str, os.PathLike))
         and Path(source).is_dir()
         and not (Path(source) / VQA_RAD_JSON).is_file()
         and _hf_local_kind(Path(source))
     ):
+        if question_type_rule != RULE_YES_NO:
+            raise ValueError(
+                f"vqa_rad: question_type_rule {question_type_rule!r} needs the release's CLOSED/OPEN label, which "
+                f"the Hugging Face copy does not have; use {RULE_YES_NO!r} or the OSF release"
+            )
         return _read_hf_qa(source, split, dataset="vqa_rad", modality=None, report=report)
 
     root = _root(source, "vqa_rad")
@@ -457,10 +510,11 @@ def read_vqa_rad(
                     source_id=source_id,
                     question=question,
                     answer=answer,
-                    question_type=_short_type(answer, answer_type),
+                    question_type=_short_type(answer, answer_type, question_type_rule),
                     images=[ImageRef.file(image_dir / image_name, name=f"{VQA_RAD_IMAGES}/{image_name}")],
                     answer_type=answer_type,
-                    meta=_string_fields(entry, ("question_type", "image_organ", "phrase_type")),
+                    meta=_string_fields(entry, ("question_type", "image_organ", "phrase_type"))
+                    | {"question_type_rule": question_type_rule},
                 )
 
     return generate()
@@ -517,15 +571,69 @@ def _slake_boxes(det_path: Path, report: ConversionReport, source_id: str) -> tu
     return boxes, labels
 
 
+def _slake_mask_legend(path: Path, report: ConversionReport, source_id: str) -> dict[str, str] | None:
+    """``mask.txt``: which label each pixel value of ``mask.png`` stands for, as ``{"<value>": "<label>"}``.
+
+    Lines ``<value>:<label>`` (also ``<value> <label>``, ``<value>,<label>``, ``<value>=<label>``, or
+    ``<label>:<value>``); None (and a warning) when the file holds no such line.
+    """
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except (OSError, UnicodeDecodeError):
+        report.warn("unreadable mask.txt (mask legend not parsed)", source_id)
+        return None
+    legend: dict[str, str] = {}
+    for line in text.splitlines():
+        line = line.strip()
+        if not line:
+            continue
+        for sep in (":", "=", ",", "\t", " "):
+            if sep in line:
+                left, right = (part.strip() for part in line.split(sep, 1))
+                break
+        else:
+            continue
+        if left.lstrip("-").isdigit() and right:
+            legend[str(int(left))] = right
+        elif right.lstrip("-").isdigit() and left:
+            legend[str(int(right))] = left
+    if not legend:
+        report.warn("mask.txt has no '<value>:<label>' lines (mask legend not parsed)", source_id)
+        return None
+    return legend
+
+
+def _slake_mask(folder: Path, report: ConversionReport, source_id: str) -> tuple[str | None, dict]:
+    """``(mask_path, meta)`` of an image folder: ``mask.png`` only with its legend ``mask.txt``."""
+    mask_png, mask_txt = folder / "mask.png", folder / "mask.txt"
+    if not mask_png.is_file():
+        return None, {}
+    if not mask_txt.is_file():
+        report.warn("mask.png without mask.txt: mask_path not carried", source_id)
+        return None, {}
+    meta: dict = {"mask_legend_file": str(mask_txt.resolve())}
+    legend = _slake_mask_legend(mask_txt, report, source_id)
+    if legend is not None:
+        meta["mask_legend"] = legend
+    return str(mask_png.resolve()), meta
+
+
 def read_slake(
     source: object, split: str = "test", *, english_only: bool = True, report: ConversionReport | None = None
 ) -> Iterator[Record]:
     """SLAKE (Slake1.0) questions of ``split`` (``train``, ``validate``/``val``, ``test``).
 
     English only by default (``q_lang == "en"``; others are skipped as non-English). Closed when
-    ``answer_type`` is CLOSED or the answer is yes/no. Carries ``modality`` and, for the grounding
-    check, the image's ``detection.json`` boxes (``[x, y, w, h]`` -> ``[x1, y1, x2, y2]`` original
-    pixels, with organ names) and the absolute path of its ``mask.png`` (None when absent).
+    ``answer_type`` is CLOSED or the answer is yes/no (rule ``release_label_or_yes_no``, written to
+    ``meta["question_type_rule"]``). Carries ``modality`` and, for the grounding check, the image's
+    ``detection.json`` boxes (``[x, y, w, h]`` -> ``[x1, y1, x2, y2]`` original pixels). Their labels
+    (``gt_box_labels``) are whatever ``detection.json`` names -- organs ("Liver", "Left Lung") and
+    findings ("Pneumonia", "Nodule", "Brain Edema") alike; nothing here tells the two apart.
+
+    ``mask_path`` (the absolute path of the image's ``mask.png``) is only set together with its
+    legend: ``mask.txt`` in the same folder, whose path goes to ``meta["mask_legend_file"]`` and whose
+    parsed ``{pixel value: label}`` to ``meta["mask_legend"]``. A ``mask.png`` without ``mask.txt``
+    is not carried (its values mean nothing without the legend; a warning is counted).
     """
     report = _report(report, "slake", split)
     root = _root(source, "slake")
@@ -537,6 +645,7 @@ def read_slake(
 
     def generate() -> Iterator[Record]:
         boxes_cache: dict[Path, tuple[list, list]] = {}
+        mask_cache: dict[Path, tuple[str | None, dict]] = {}
         for i, entry in enumerate(entries):
             if not isinstance(entry, Mapping):
                 report.skip(malformed("record"), i)
@@ -558,8 +667,10 @@ def read_slake(
             if folder not in boxes_cache:
                 boxes_cache.clear()  # questions come grouped by image; keep one entry
                 boxes_cache[folder] = _slake_boxes(folder / "detection.json", report, source_id)
+                mask_cache.clear()
+                mask_cache[folder] = _slake_mask(folder, report, source_id)
             boxes, labels = boxes_cache[folder]
-            mask = folder / "mask.png"
+            mask_path, mask_meta = mask_cache[folder]
             answer_type = (_text(entry, "answer_type") or "").upper() or None
             yield Record(
                 dataset="slake",
@@ -567,18 +678,20 @@ def read_slake(
                 source_id=source_id,
                 question=question,
                 answer=answer,
-                question_type=_short_type(answer, answer_type),
+                question_type=_short_type(answer, answer_type, RULE_RELEASE_LABEL_OR_YES_NO),
                 images=[ImageRef.file(image_path, name=f"imgs/{img_name}")],
                 answer_type=answer_type,
                 modality=_text(entry, "modality"),
                 gt_boxes=[list(b) for b in boxes],
                 gt_box_labels=list(labels),
-                mask_path=str(mask.resolve()) if mask.is_file() else None,
+                mask_path=mask_path,
                 meta={
                     k: entry[k]
                     for k in ("img_id", "location", "content_type", "base_type", "q_lang")
                     if isinstance(entry.get(k), (str, int)) and not isinstance(entry.get(k), bool)
-                },
+                }
+                | mask_meta
+                | {"question_type_rule": RULE_RELEASE_LABEL_OR_YES_NO},
             )
 
     return generate()
@@ -609,8 +722,21 @@ def read_path_vqa(source: object, split: str = "test", *, report: ConversionRepo
 # PMC-VQA
 # --------------------------------------------------------------------------------------------------
 
-_PMC_IMAGE_DIRS = ("images", "images/images", "figures", "figures/figures", "images_2", "images_2/figures", ".")
-_PMC_COLUMNS = ("Figure_path", "Question", "Choice A", "Choice B")
+#: Image folders by CSV version, first match wins. The v2 csvs (``train_2.csv``/``test_2.csv``) name
+#: figures of ``figures/`` (``images_2.zip`` unpacks to ``images_2/figures/``); the v1 csvs
+#: (``train.csv``/``test.csv``/``test_clean.csv``) those of ``images/`` (``images.zip`` unpacks to
+#: ``images/`` or ``images/figures/``). The two sets reuse file names for different figures, so a
+#: version never looks in the other's folders.
+_PMC_IMAGE_DIRS = {
+    "v1": ("images", "images/figures", "images/images"),
+    "v2": ("figures", "images_2/figures", "images_2", "figures/figures"),
+}
+_PMC_COLUMNS = ("Figure_path", "Question", "Choice A", "Choice B", "Answer")
+
+
+def pmc_vqa_version(split: str) -> str:
+    """``"v2"`` for the v2 csvs (``train_2``, ``test_2``: a name ending ``_2``), else ``"v1"``."""
+    return "v2" if str(split).lower().endswith("_2") else "v1"
 
 
 def _strip_choice_prefix(text: str, letter: str) -> str:
@@ -623,22 +749,51 @@ def _strip_choice_prefix(text: str, letter: str) -> str:
     return body
 
 
-def read_pmc_vqa(source: object, split: str = "test", *, report: ConversionReport | None = None) -> Iterator[Record]:
+def _letter(value: str | None, options: Mapping[str, str]) -> str | None:
+    """The option letter ``value`` names (``"B"``, ``" B "``, ``"(B)"``, ``"B:MRI"``), else None."""
+    text = (value or "").strip().strip("()").strip()
+    if not text:
+        return None
+    head = text[0].upper()
+    rest = text[1:].lstrip()
+    if head in options and (not rest or rest[0] in ":.)"):
+        return head
+    return None
+
+
+def read_pmc_vqa(
+    source: object,
+    split: str = "test",
+    *,
+    answer_from_text: bool = False,
+    report: ConversionReport | None = None,
+) -> Iterator[Record]:
     """PMC-VQA multiple-choice questions from ``<root>/<split>.csv``.
 
-    Choices ``"A:CT scan"`` lose the ``"A:"`` prefix. The ground truth is ``Answer_label``, checked
-    against the ``Answer`` text: when the label is not a choice letter the text decides; when the text
-    names exactly one other choice, that choice wins (a warning is counted); a record with neither a
-    usable label nor a matching text is skipped. Images are looked up in ``images/``, ``figures/``
-    (and their nested ``images/images/``, ``figures/figures/`` as unzipped), then the root.
+    Two releases of the csvs, told apart by name (:func:`pmc_vqa_version`):
+
+    * v1 (``train``, ``test``, ``test_clean``): columns ``Figure_path, Question, Answer, Choice A..D,
+      Answer_label``; images in ``images/`` (or ``images/figures/``). The ground truth is the
+      official ``Answer_label``. ``Answer`` (the answer text) is only checked against it: a
+      disagreement is counted as a warning and the label kept. ``answer_from_text=True`` (opt-in)
+      lets the text decide instead: when it names exactly one choice that choice wins, and a row
+      whose label is not a choice letter takes the choice its text names.
+    * v2 (``train_2``, ``test_2``, the csvs current evaluations use): columns ``index, Figure_path,
+      Caption, Question, Choice A..D, Answer, split``, ``Answer`` being the option letter, no
+      ``Answer_label``; images in ``figures/`` (or ``images_2/figures/``).
+
+    Each version looks only in its own image folders: the two image sets reuse file names. Choices
+    ``"A:CT scan"`` lose the ``"A:"`` prefix. A row whose answer names no choice is skipped
+    (``unknown answer label``). ``meta`` records ``csv_version`` (and v2's ``split`` column).
     """
     report = _report(report, "pmc_vqa", split)
     root = _root(source, "pmc_vqa")
     csv_path = _require(root, f"{split}.csv", "pmc_vqa")
-    image_dirs = [root / d for d in _PMC_IMAGE_DIRS if (root / d).is_dir() and d != "."]
+    version = pmc_vqa_version(split)
+    image_dirs = [root / d for d in _PMC_IMAGE_DIRS[version] if (root / d).is_dir()]
     if not image_dirs:
-        raise LayoutError("pmc_vqa", root, "missing image folder 'images/' (or 'figures/')")
-    image_dirs.append(root)
+        folders = " or ".join(f"'{d}/'" for d in _PMC_IMAGE_DIRS[version][:2])
+        raise LayoutError("pmc_vqa", root, f"missing image folder {folders} (for the {version} csv {csv_path.name})")
     try:
         with open(csv_path, encoding="utf-8-sig", newline="") as fh:
             header = next(csv.reader(fh), [])
@@ -646,7 +801,8 @@ def read_pmc_vqa(source: object, split: str = "test", *, report: ConversionRepor
         raise _not_utf8(csv_path, exc) from None
     except csv.Error as exc:
         raise SourceFileError(csv_path, f"not a readable CSV file ({exc})") from None
-    missing = [c for c in _PMC_COLUMNS if c not in header]
+    required = _PMC_COLUMNS + (("Answer_label",) if version == "v1" and not answer_from_text else ())
+    missing = [c for c in required if c not in header]
     if missing:
         raise LayoutError("pmc_vqa", root, f"{csv_path.name} lacks columns {missing} (has {header})")
 
@@ -657,6 +813,33 @@ def read_pmc_vqa(source: object, split: str = "test", *, report: ConversionRepor
             raise _not_utf8(csv_path, exc) from None
         except csv.Error as exc:
             raise SourceFileError(csv_path, f"not a readable CSV file ({exc})") from None
+
+    def ground_truth(row: Mapping, options: dict[str, str], source_id: str) -> str | None:
+        answer = _text(row, "Answer")
+        if version == "v2":
+            letter = _letter(answer, options)
+            if letter is None and answer_from_text and answer:
+                by_text = _match_option(options, answer)
+                if len(by_text) == 1:
+                    report.warn("answer letter taken from the answer text", source_id)
+                    return by_text[0]
+            return letter
+        label = _letter(_text(row, "Answer_label"), options)
+        by_text = _match_option(options, answer) if answer else []
+        if label is None:
+            if answer_from_text and len(by_text) == 1:
+                report.warn("answer label taken from the answer text", source_id)
+                return by_text[0]
+            return None
+        if answer and label not in by_text:
+            if answer_from_text and len(by_text) == 1:
+                report.warn("answer label corrected to the choice matching the answer text", source_id)
+                return by_text[0]
+            if len(by_text) == 1:
+                report.warn("answer text names another choice (official Answer_label kept)", source_id)
+            else:
+                report.warn("answer text matches no choice (Answer_label kept)", source_id)
+        return label
 
     def rows() -> Iterator[Record]:
         with open(csv_path, encoding="utf-8-sig", newline="") as fh:
@@ -678,22 +861,15 @@ def read_pmc_vqa(source: object, split: str = "test", *, report: ConversionRepor
                 if len(options) < 2:
                     report.skip(malformed("Choice A..D"), source_id)
                     continue
-                label = (_text(row, "Answer_label") or "").strip(" .:()").upper()
-                answer_text = _text(row, "Answer")
-                by_text = _match_option(options, answer_text) if answer_text else []
-                if label not in options:
-                    if len(by_text) != 1:
-                        report.skip(SKIP_UNKNOWN_ANSWER_LABEL, source_id)
-                        continue
-                    label = by_text[0]
-                    report.warn("answer label taken from the answer text", source_id)
-                elif answer_text and label not in by_text:
-                    if len(by_text) == 1:
-                        label = by_text[0]
-                        report.warn("answer label corrected to the choice matching the answer text", source_id)
-                    else:
-                        report.warn("answer text matches no choice (label kept)", source_id)
+                label = ground_truth(row, options, source_id)
+                if label is None:
+                    report.skip(SKIP_UNKNOWN_ANSWER_LABEL, source_id)
+                    continue
                 image = next((d / figure for d in image_dirs if (d / figure).is_file()), image_dirs[0] / figure)
+                rel = image.relative_to(root).as_posix()
+                meta = {"csv_version": version}
+                if _text(row, "split"):
+                    meta["split"] = _text(row, "split")
                 yield Record(
                     dataset="pmc_vqa",
                     split=split,
@@ -701,8 +877,9 @@ def read_pmc_vqa(source: object, split: str = "test", *, report: ConversionRepor
                     question=question,
                     answer=label,
                     question_type="multiple_choice",
-                    images=[ImageRef.file(image, name=figure)],
+                    images=[ImageRef.file(image, name=rel)],
                     options=options,
+                    meta=meta,
                 )
 
     return generate()
