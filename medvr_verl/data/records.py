@@ -117,8 +117,13 @@ class Record:
     multiple choice, else the answer text. ``answer_text`` is the answer in words (the option text
     for multiple choice). ``options_in_question``: the question already lists the options
     (MedXpertQA), so the prompt does not repeat them. ``gt_boxes`` are ``[x1, y1, x2, y2]`` in pixels
-    of ``images[0]`` at its original resolution. ``meta`` holds the release's other per-question
-    labels (written as a JSON string to ``extra_info.meta``).
+    of ``images[0]`` at its original resolution; ``gt_box_labels`` name them as the release does
+    (SLAKE's ``detection.json``: organs and findings alike, e.g. "Liver" and "Pneumonia").
+    ``mask_path`` is a segmentation mask whose pixel values only mean something with its legend, so a
+    reader sets it only together with the legend (SLAKE: ``meta["mask_legend_file"]`` and
+    ``meta["mask_legend"]``). ``meta`` holds the release's other per-question labels and how the
+    reader decided (``question_type_rule``, ``csv_version``), written as a JSON string to
+    ``extra_info.meta``.
     """
 
     dataset: str
