@@ -33,7 +33,8 @@ def _recipe(tiny_model_path, *overrides):
                 "data.train_files=/unused.parquet",
                 "data.val_files=/unused.parquet",
                 f"actor_rollout_ref.model.path={tiny_model_path}",
-                "data.filter_overlong_prompts_workers=1",
+                # in-process: datasets forks a pool even for one worker, which can hang beside threads
+                "data.filter_overlong_prompts_workers=null",
                 *overrides,
             ],
         )

@@ -165,13 +165,13 @@ def model_input_size(
 ) -> tuple[int, int]:
     """``(w, h)`` of the image the model sees for a ``width x height`` input.
 
-    Exact port of ``smart_resize`` in ``transformers/models/qwen2_vl/image_processing_qwen2_vl.py``
-    (transformers 5; the same function in ``qwen_vl_utils.vision_process``), which Qwen2-VL and
-    Qwen2.5-VL's image processors call with ``factor = patch_size * merge_size``,
+    transformers' own ``smart_resize`` (``transformers/models/qwen2_vl/image_processing_qwen2_vl.py``;
+    the same function in ``qwen_vl_utils.vision_process``), which Qwen2-VL and Qwen2.5-VL's image
+    processors call with ``factor = patch_size * merge_size``,
     ``min_pixels = size["shortest_edge"]``, ``max_pixels = size["longest_edge"]``. Note the argument
     order: this takes and returns (width, height); smart_resize takes and returns (height, width).
-    Raises ``ValueError`` when the aspect ratio exceeds 200, like smart_resize, and for an empty
-    (zero width or height) or non-finite size.
+    Raises ``ValueError`` when the aspect ratio exceeds 200 (smart_resize's own error), and for an
+    empty (zero width or height) or non-finite size.
     """
     if not (
         isinstance(width, (int, float))
@@ -184,21 +184,9 @@ def model_input_size(
         raise ValueError(
             f"the image is empty or has no usable size ({width}x{height} pixels); it cannot be shown or zoomed"
         )
-    if max(height, width) / min(height, width) > MAX_ASPECT_RATIO:
-        raise ValueError(
-            f"absolute aspect ratio must be smaller than {MAX_ASPECT_RATIO}, "
-            f"got {max(height, width) / min(height, width)}"
-        )
-    h_bar = round(height / factor) * factor
-    w_bar = round(width / factor) * factor
-    if h_bar * w_bar > max_pixels:
-        beta = math.sqrt((height * width) / max_pixels)
-        h_bar = max(factor, math.floor(height / beta / factor) * factor)
-        w_bar = max(factor, math.floor(width / beta / factor) * factor)
-    elif h_bar * w_bar < min_pixels:
-        beta = math.sqrt(min_pixels / (height * width))
-        h_bar = math.ceil(height * beta / factor) * factor
-        w_bar = math.ceil(width * beta / factor) * factor
+    from transformers.models.qwen2_vl.image_processing_qwen2_vl import smart_resize
+
+    h_bar, w_bar = smart_resize(height, width, factor=factor, min_pixels=min_pixels, max_pixels=max_pixels)
     return w_bar, h_bar
 
 
