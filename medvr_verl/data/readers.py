@@ -15,10 +15,11 @@ Question types (``extra_info.question_type``, see :mod:`medvr_verl.scoring`):
   - ``answer_yes_no`` (VQA-RAD, PathVQA): closed iff the ground-truth answer is yes/no (after
     :func:`~medvr_verl.scoring.normalize_text`). The only rule the Hugging Face copies
     (``flaviagiammarino/vqa-rad``, ``flaviagiammarino/path-vqa``, no ``answer_type`` column) allow,
-    and the one published evaluations of those copies use; the VQA-RAD OSF json is read with the same
-    rule so that its 451-question test set gets the same closed/open breakdown as the copy. The OSF
-    release's own CLOSED/OPEN label stays in ``extra_info.answer_type``; ``read_vqa_rad(...,
-    question_type_rule="release_label")`` (OSF only) uses it instead, and says so in the row.
+    and the one evaluations of those copies use ("closed-ended if the ground-truth answer is yes or
+    no"). The VQA-RAD OSF json is read with the same rule, so that its 451-question test set gets
+    the same closed/open breakdown as the copy's; the OSF release's own CLOSED/OPEN label stays in
+    ``extra_info.answer_type``, and ``read_vqa_rad(..., question_type_rule="release_label")`` (OSF
+    only) uses it instead, saying so in the row.
   - ``release_label_or_yes_no`` (SLAKE, whose every copy keeps ``answer_type``): closed when the
     release labels the question CLOSED or the answer is yes/no.
 
@@ -32,8 +33,12 @@ Layouts followed (the on-disk form of each public release; see :data:`LAYOUTS`):
   -- duplicate (image, question, answer) triplets are dropped and train triplets that also occur in
   test are removed. Or that Hugging Face copy (columns ``image``/``question``/``answer``).
 * SLAKE: Slake1.0 (Liu et al. 2021, https://www.med-vqa.com/slake/, also ``BoKelvin/SLAKE`` on the
-  hub): ``train.json``/``validate.json``/``test.json`` + ``imgs/xmlab<N>/{source.jpg, mask.png,
-  detection.json}``.
+  hub): ``train.json``/``validate.json``/``test.json`` + ``imgs/xmlab<N>/{source.jpg, detection.json,
+  mask.png, mask.txt}``. ``detection.json`` (``[{"<label>": [x, y, w, h]}, ...]``) becomes
+  ``gt_boxes`` (``[x1, y1, x2, y2]`` pixels of ``source.jpg``) and ``gt_box_labels``; its labels are
+  findings as well as organs ("Left Lung", "Liver", but also "Pneumonia", "Nodule", "Brain Edema"),
+  so a box is an annotated region, not necessarily an organ. ``mask.png`` is carried (``mask_path``)
+  only with its legend ``mask.txt`` (``meta["mask_legend_file"]``, ``meta["mask_legend"]``).
 * PathVQA: the Hugging Face copy ``flaviagiammarino/path-vqa`` (columns ``image``/``question``/
   ``answer``; splits train/validation/test). The original pickle release is not read (unpickling
   runs code from the file).
