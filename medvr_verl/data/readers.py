@@ -20,7 +20,7 @@ Question types (``extra_info.question_type``, see :mod:`medvr_verl.scoring`):
     the same closed/open breakdown as the copy's; the OSF release's own CLOSED/OPEN label stays in
     ``extra_info.answer_type``, and ``read_vqa_rad(..., question_type_rule="release_label")`` (OSF
     only) uses it instead, saying so in the row.
-  - ``release_label_or_yes_no`` (SLAKE, whose every copy keeps ``answer_type``): closed when the
+  - ``release_label_or_yes_no`` (SLAKE, read from Slake1.0, which has ``answer_type``): closed when the
     release labels the question CLOSED or the answer is yes/no.
 
   How each type is scored: :mod:`medvr_verl.scoring`.
