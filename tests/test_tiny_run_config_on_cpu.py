@@ -64,6 +64,7 @@ def test_the_runs_differ_only_in_the_backend(configs):
     allowed_prefixes = (
         "trainer.device",
         "ray_kwargs.",
+        "data.filter_overlong_prompts_workers",
         "transfer_queue.backend.SimpleStorage.",
         "actor_rollout_ref.model.use_remove_padding",
         "actor_rollout_ref.model.override_config.",
