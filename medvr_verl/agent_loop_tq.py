@@ -1,6 +1,7 @@
 """MedVR rollout on veRL's V1 trainer: EVR forks and whole-group CCA inside the TransferQueue worker.
 
-Select with ``actor_rollout_ref.rollout.agent.agent_loop_manager_class=medvr_verl.agent_loop_tq.MedVRAgentLoopManagerTQ``
+Select with ``actor_rollout_ref.rollout.agent.agent_loop_manager_class=``
+``medvr_verl.agent_loop_tq.MedVRAgentLoopManagerTQ``
 (the MedVR recipes do). veRL's V1 worker (``verl/trainer/ppo/v1/agent_loop_tq.py``) already runs the
 ``n`` sessions of one prompt in one worker (``_run_prompt``), writes each finished session as rows
 ``{uid}_{session_id}_{index}`` and tags the uid ``finished``/``failure`` once every session settled.

@@ -24,7 +24,7 @@ Row format (one row per question; read by veRL's ``RLHFDataset``)::
                     image_files: list<string>   provenance, relative to the release root
                     image_sizes: list<list<int64>>  [width, height] of each image at native resolution
                     gt_boxes: list<list<float64>>   [x1, y1, x2, y2] in pixels of image 0 (SLAKE), else []
-                    gt_box_labels: list<string>     organ name of each box
+                    gt_box_labels: list<string>     label of each box (SLAKE: organ or finding)
                     mask_path: string        absolute path of SLAKE's mask.png, or null
                     meta: string             JSON object of the release's other labels
                   >

@@ -25,7 +25,8 @@ the table (results.md, printed at the end):
   benchmarks evaluated; "-" = not evaluated. The paper's reported MedVR and Qwen2.5-VL-7B rows follow
   as labelled reference rows. Below: per-benchmark counts, closed/open accuracy (VQA-RAD, SLAKE,
   PathVQA), zoom rate (samples with >= 1 valid zoom), format rate, and a grounding check of the zoom
-  boxes against SLAKE's organ boxes (coverage, IoU, hit rate; also for the CCA consensus region).
+  boxes against SLAKE's detection boxes, organs and findings (coverage, IoU, hit rate; also for the
+  CCA consensus region).
   results.json holds the unrounded numbers; samples.jsonl one line per sample (pred, gt, acc, boxes).
 
 checkpoints:

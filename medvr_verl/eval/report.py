@@ -38,10 +38,12 @@ PAPER_NOTE = (
     "64 GRPO rounds), copied for reference; they were not measured by this run."
 )
 GROUNDING_NOTE = (
-    "Grounding (not in the paper): zoom regions against SLAKE's organ detection boxes (pixels of image 0). "
+    "Grounding (not in the paper): zoom regions against SLAKE's detection boxes, organs and findings "
+    "(pixels of image 0). "
     "Coverage = |zoom union ∩ gt union| / |gt union|, mean over samples with >= 1 zoom on image 0; IoU of the "
     "two unions; hit rate = share of those samples whose zoom union overlaps the gt union at all. SLAKE's "
-    "boxes cover every annotated organ of the image, not only the one a question asks about, so coverage "
+    "boxes cover every annotated organ and finding of the image, not only the one a question asks about, "
+    "so coverage "
     "(recall of the gt area) is the meaningful figure and IoU a lower bound. Consensus = each question's CCA "
     "region (the majority of the correct samples' zoom unions; with 1 sample per question, the zoom region "
     "of a correct answer)."

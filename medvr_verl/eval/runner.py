@@ -131,8 +131,9 @@ def build_eval_config(
     """The trainer config :func:`evaluate` runs with: a MedVR recipe with evaluation settings.
 
     Composes ``recipe`` from ``medvr_verl.recipes.medvr`` (``medvr``: the zoom agent; another name:
-    that option of its ``ablation`` group, e.g. ``text_rl``, the text baseline) over veRL's ``ppo_trainer``, then these overrides, then ``overrides``
-    (Hydra syntax, ``key=value`` / ``+new.key=value``; they win):
+    that option of its ``ablation`` group, e.g. ``text_rl``, the text baseline) over veRL's
+    ``ppo_trainer``, then these overrides, then ``overrides`` (Hydra syntax, ``key=value`` /
+    ``+new.key=value``; they win):
 
     * ``rollout.name=vllm``, ``load_format=auto`` (the server loads the checkpoint itself),
       ``tensor_model_parallel_size=1``, ``gpu_memory_utilization=0.85``, ``nnodes=1``;
