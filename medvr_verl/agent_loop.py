@@ -57,6 +57,9 @@ logger = logging.getLogger(__name__)
 logger.setLevel(os.getenv("VERL_LOGGING_LEVEL", "WARN"))
 
 
+BUDGET_OVERFLOW_KEY = "medvr_budget_overflow"
+"""``extra_fields`` flag: the trajectory ended because a tool response would overflow ``response_length``."""
+
 RUNTIME_KWARGS = ("medvr_publish_key", "medvr_fork", "medvr_fork_hook", "medvr_originals")
 """Per-sample kwargs the EVR worker passes to this loop; process-local, never sent to reward workers.
 
@@ -320,6 +323,19 @@ class MedVRAgentLoop(ToolAgentLoop):
                         self._fork_hook(agent_data, len(record.fork_points) - 1)
                     except Exception:  # a failed fork decision must not end the base trajectory
                         logger.exception("medvr: EVR fork hook failed")
+        return state
+
+    async def _handle_processing_tools_state(self, agent_data: AgentData) -> AgentState:
+        state = await super()._handle_processing_tools_state(agent_data)
+        if state == AgentState.TERMINATED:
+            # veRL's one early stop here: the tool response would overflow response_length, so the
+            # trajectory ends before its answer (R_acc = 0). Counted, never silent.
+            agent_data.extra_fields[BUDGET_OVERFLOW_KEY] = 1
+            logger.warning(
+                "medvr_agent: a tool response would overflow response_length=%d; the trajectory ends "
+                "before its answer (raise data.max_response_length or lower the pixel budget)",
+                self.response_length,
+            )
         return state
 
     def _coordinate_token_spans(self, token_ids: list[int]) -> list[tuple[int, int]]:

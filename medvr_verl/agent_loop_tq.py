@@ -59,7 +59,7 @@ import transfer_queue as tq
 from verl.experimental.agent_loop import AgentLoopOutput
 from verl.trainer.ppo.v1.agent_loop_tq import AgentLoopManagerTQ, AgentLoopWorkerTQ, apply_greedy_sampling_params
 
-from medvr_verl.agent_loop import RUNTIME_KWARGS, TRAJECTORY_STORE, cut_fork_state
+from medvr_verl.agent_loop import BUDGET_OVERFLOW_KEY, RUNTIME_KWARGS, TRAJECTORY_STORE, cut_fork_state
 from medvr_verl.config_check import check_settings
 from medvr_verl.entropy import decide_fork, fill_forks, qualifies
 from medvr_verl.reward_manager import GROUP_EXPECTED_KEY
@@ -432,6 +432,7 @@ def _row_tag(output: AgentLoopOutput) -> dict[str, float]:
         if isinstance(value, bool | int | float | np.number) and math.isfinite(float(value)):
             tag[name] = float(value)
     tag["fork"] = float(output.extra_fields.get(FORK_KEY) is not None)
+    tag["budget_overflow"] = float(bool(output.extra_fields.get(BUDGET_OVERFLOW_KEY)))
     return tag
 
 

@@ -6,8 +6,9 @@ own; on top, each sampled batch's TransferQueue row tags (written by
 :class:`medvr_verl.agent_loop_tq.MedVRAgentLoopWorkerTQ`, see ``TAG_KEY`` there) become metrics:
 
 * ``medvr/<name>/mean`` of the reward parts over the batch's rows: ``acc``, ``format``,
-  ``tool_reward``, ``cca_iou``, ``cca_quorum_size``, ``num_zoom``, ``num_zoom_invalid``, and ``fork``
-  (the share of rows that are EVR forks); ``medvr/cca_partial_group/count``;
+  ``tool_reward``, ``cca_iou``, ``cca_quorum_size``, ``num_zoom``, ``num_zoom_invalid``, ``fork``
+  (the share of rows that are EVR forks) and ``budget_overflow`` (the share that ended because a tool
+  response would overflow ``response_length``); ``medvr/cca_partial_group/count``;
 * ``medvr/evr/<name>/{mean,max,sum}`` over the batch's groups: ``fork_rate``, ``delta_h``,
   ``qualified_points``, ``fork_depth_tokens``, ``prefix_tokens_reused``.
 

@@ -129,6 +129,9 @@ def test_budget_ends_before_an_image_that_would_not_fit(medvr_run, tokenizer):
     assert len(_column(output, "medvr_zoom_calls", row)) == 1
     assert len(output.non_tensor_batch["multi_modal_inputs"][row]["image_grid_thw"]) == 1
     assert "<tool_response>" not in tokenizer.decode(output.batch["responses"][row])
+    # counted, never silent; the other trajectories carry no flag
+    assert _column(output, "medvr_budget_overflow", row) == 1
+    assert all(_column(output, "medvr_budget_overflow", r) in (None, 0) for k, r in rows.items() if k != "budget")
 
 
 # ---- the recipe setting: GroupAgentLoopManager + medvr_agent + medvr_cca --------------------------
