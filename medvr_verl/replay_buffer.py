@@ -23,6 +23,7 @@ import numpy as np
 from verl.trainer.ppo.v1.replay_buffer import ReplayBuffer, ReplayBufferAsync
 
 from medvr_verl.agent_loop_tq import TAG_KEY
+from medvr_verl.rollout import merge_worker_stats
 
 
 def rollout_metrics(tags: list[dict]) -> dict[str, float]:
@@ -38,15 +39,7 @@ def rollout_metrics(tags: list[dict]) -> dict[str, float]:
             metrics["medvr/cca_partial_group/count"] = float(np.sum(values))
         else:
             metrics[f"medvr/{name}/mean"] = float(np.mean(values))
-    per_group: dict[str, list[float]] = {}
-    for row in rows:
-        for name, values in (row.get("group") or {}).items():
-            per_group.setdefault(name, []).extend(float(v) for v in values)
-    for name, values in per_group.items():
-        if values:
-            metrics[f"medvr/{name}/mean"] = float(np.mean(values))
-            metrics[f"medvr/{name}/max"] = float(np.max(values))
-            metrics[f"medvr/{name}/sum"] = float(np.sum(values))
+    metrics.update(merge_worker_stats([row.get("group") or {} for row in rows]))
     return metrics
 
 
