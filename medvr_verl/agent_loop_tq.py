@@ -5,7 +5,7 @@ Select with ``actor_rollout_ref.rollout.agent.agent_loop_manager_class=``
 (the MedVR recipes do). veRL's V1 worker (``verl/trainer/ppo/v1/agent_loop_tq.py``) already runs the
 ``n`` sessions of one prompt in one worker (``_run_prompt``), writes each finished session as rows
 ``{uid}_{session_id}_{index}`` and tags the uid ``finished``/``failure`` once every session settled.
-:class:`MedVRAgentLoopWorkerTQ` keeps that contract and changes three things:
+:class:`MedVRAgentLoopWorkerTQ` keeps that contract and adds:
 
 * **EVR** (training prompts on ``medvr_agent`` with ``n > 1``, ``rollout.custom.evr.enable``):
   sessions ``0 .. ceil(n/2)-1`` are base trajectories, ``ceil(n/2) .. n-1`` forks or fresh samples;
