@@ -367,7 +367,12 @@ def _first(value: Any) -> float | None:
 
 
 def _dicom_window(arr: np.ndarray, center: float, width: float, function: str) -> np.ndarray | None:
-    """DICOM VOI window to 0..255 (PS3.3 C.11.2.1.2 LINEAR / LINEAR_EXACT, C.11.2.1.3.1 SIGMOID)."""
+    """DICOM VOI window to 0..255 (PS3.3 C.11.2.1.2 LINEAR / LINEAR_EXACT, C.11.2.1.3.1 SIGMOID).
+
+    The standard's formulas with an 8-bit output range: pydicom's ``apply_windowing`` maps into the
+    stored bit range (e.g. 0..4095), which would need a second, lossy rescale to 8 bits. The modality
+    LUT, VOI LUT sequences and colour LUTs are pydicom's own (below).
+    """
     a = arr.astype(np.float64)
     function = (function or "LINEAR").upper()
     if function == "SIGMOID":
