@@ -22,6 +22,9 @@ come from a sweep over x (:func:`sweep_cover`): memory ``O(G * B)``, and time ``
 + G * rows whose majority flips))`` with a handful of numpy calls per box edge, so near-linear for
 realistic boxes and at worst ``O(G * B^2)`` arithmetic without the memory. Both give bit-identical
 results for integer boxes (every area is an exact integer below 2**53).
+
+Size (over 500 lines): the pure box math the reward needs, including the exact union-area sweep;
+kept in one module so the reward path imports one pure file.
 """
 
 from __future__ import annotations

@@ -47,6 +47,10 @@ Format: a small penalty, switchable
 ``score = acc - 0.1 * (1 - format)``: a correct answer always outscores a wrong one whatever the
 format. ``format_mode="bonus"`` gives the older ``acc + format_weight * format`` (with
 ``format_weight=1.0`` a wrong, well-formatted answer ties a correct, badly formatted one).
+
+Size (over 500 lines): answer extraction, normalisation, the three accuracy rules and the format
+reward are one contract that the reward and evaluation must share, so they stay together; much of
+the length is the documented normalisation rules.
 """
 
 from __future__ import annotations

@@ -55,6 +55,9 @@ Layouts followed (the on-disk form of each public release; see :data:`LAYOUTS`):
 
 Hugging Face sources (VQA-RAD, PathVQA): a ``datasets.Dataset``/``DatasetDict`` object, a
 ``datasets.save_to_disk`` folder, or a hub snapshot folder (``data/<split>-*.parquet``).
+
+Size (over 500 lines): six readers, each short, in one module because they share the layout checks,
+the closed/open rules and the report helpers; split a reader out when it grows.
 """
 
 from __future__ import annotations

@@ -41,6 +41,9 @@ Every image is decoded once to check it; a decompression bomb (more pixels than
 
 Writes are atomic: rows go to a temporary file in the output folder, renamed over ``out_path`` only
 when everything succeeded; on any error the temporary file is removed and ``out_path`` is untouched.
+
+Size (over 500 lines): the row schema, row building and the conversion loop (progress, report,
+atomic write) of one output format.
 """
 
 from __future__ import annotations

@@ -17,6 +17,9 @@ What :func:`evaluate` runs, per benchmark (the trainer's ``_validate`` step by s
 The LLM: a standalone vLLM replica built by veRL's ``LLMServerManager.create`` (GPU) loading the
 checkpoint itself (``rollout.load_format=auto``), or any injected ``LLMServerClient`` (CPU tests:
 :class:`medvr_verl.testing.scripted_server.ScriptedLLMClient`).
+
+Size (over 500 lines): the steps of one evaluation run (config, servers, reward workers, batches,
+report), in the order they run.
 """
 
 from __future__ import annotations

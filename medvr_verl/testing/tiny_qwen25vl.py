@@ -45,6 +45,9 @@ Usage::
     path = tiny_qwen25vl_path()          # ~/.cache/medvr_verl/tiny-qwen2.5-vl (or $MEDVR_TINY_MODEL_DIR)
 
     python -m medvr_verl.testing.tiny_qwen25vl /tmp/tiny-qwen    # build into a given directory
+
+Size (over 500 lines): it writes a whole model directory (tokenizer, processor, config, weights)
+offline, as a real checkout has it.
 """
 
 from __future__ import annotations

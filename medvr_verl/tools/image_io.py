@@ -16,6 +16,9 @@ Conversion rules (shared by :func:`load_medical_image` and the zoom tool):
   the finite values of the image passed in; the zoom tool passes the window of the *full* image so a
   crop keeps the brightness mapping of the image it came from. NaN and -inf map to 0, +inf to 255. A
   constant image (``hi == lo``) maps to 0 (black) -- no division by zero.
+
+Size (over 500 lines): every Pillow mode, block-wise windowing, DICOM and the per-prompt original
+image cache share the conversion rules above; splitting them would split those rules.
 """
 
 from __future__ import annotations

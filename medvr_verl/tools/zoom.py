@@ -70,6 +70,9 @@ Errors
 Concurrency
     veRL runs many trajectories in one event loop; the crop/convert/resize work runs in the default
     thread-pool executor. The tool holds no per-instance state (everything lives in ``agent_data``).
+
+Size (over 500 lines): one veRL ``BaseTool`` -- argument checking (every bad argument answered in
+text), coordinate mapping, the pixel budget and the crop -- whose parts only make sense together.
 """
 
 from __future__ import annotations
