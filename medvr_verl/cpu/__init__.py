@@ -45,14 +45,7 @@ Public seams used: ``PlatformRegistry.register`` / ``VERL_PLATFORM`` (``verl/plu
 
 from __future__ import annotations
 
-import os
-
 _activated = False
-
-
-def requested() -> bool:
-    """True when this process was started for the CPU backend (``VERL_PLATFORM=cpu``)."""
-    return os.environ.get("VERL_PLATFORM", "").strip().lower() == "cpu"
 
 
 def activate() -> None:
