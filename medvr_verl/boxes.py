@@ -41,8 +41,6 @@ Box = tuple[float, float, float, float]
 __all__ = [
     "Box",
     "BoxError",
-    "box_area",
-    "clamp_box",
     "intersection_area",
     "iou",
     "parse_bbox",
@@ -275,29 +273,9 @@ def scale_box(box: Sequence[float], from_size: Sequence[float], to_size: Sequenc
     return (x1 * sx, y1 * sy, x2 * sx, y2 * sy)
 
 
-def clamp_box(box: Sequence[float], width: float, height: float) -> Box | None:
-    """Clip ``box`` to ``[0, width] x [0, height]``; ``None`` when nothing with area is left.
-
-    Corners are expected in order (``parse_bbox`` orders them); a reversed box counts as empty.
-    """
-    w = _check_positive("width", width)
-    h = _check_positive("height", height)
-    x1, y1, x2, y2 = (float(v) for v in box)
-    out = (max(x1, 0.0), max(y1, 0.0), min(x2, w), min(y2, h))
-    if not (out[2] > out[0] and out[3] > out[1]):  # also False for NaN
-        return None
-    return out
-
-
 # ----------------------------------------------------------------------------------------------
 # Exact areas by coordinate compression
 # ----------------------------------------------------------------------------------------------
-
-
-def box_area(box: Sequence[float]) -> float:
-    """Area of one box in px^2; 0.0 for an empty (degenerate or reversed) box."""
-    x1, y1, x2, y2 = (float(v) for v in box)
-    return max(0.0, x2 - x1) * max(0.0, y2 - y1)
 
 
 def boxes_array(boxes: Sequence[Sequence[float]] | np.ndarray) -> np.ndarray:

@@ -17,8 +17,6 @@ from hypothesis import strategies as st
 from medvr_verl import boxes as boxes_mod
 from medvr_verl.boxes import (
     BoxError,
-    box_area,
-    clamp_box,
     intersection_area,
     iou,
     parse_bbox,
@@ -365,7 +363,7 @@ def test_parse_matches_clamped_raster(nums):
     full = np.zeros((height + 400, width + 400), dtype=bool)
     full[y1 + 200 : y2 + 200, x1 + 200 : x2 + 200] = True
     inside = full[200 : 200 + height, 200 : 200 + width]
-    assert box_area(box) == inside.sum()
+    assert (box[2] - box[0]) * (box[3] - box[1]) == inside.sum()
 
 
 def test_parse_long_text_is_refused_before_parsing():
@@ -375,7 +373,7 @@ def test_parse_long_text_is_refused_before_parsing():
 
 
 # ----------------------------------------------------------------------------------------------
-# scale_box / clamp_box / box_area
+# scale_box
 # ----------------------------------------------------------------------------------------------
 
 
@@ -412,30 +410,6 @@ def test_scale_box_round_trip(box, from_size, to_size):
 def test_scale_box_bad_sizes(from_size, to_size):
     with pytest.raises(ValueError):
         scale_box((1, 2, 3, 4), from_size, to_size)
-
-
-@pytest.mark.parametrize(
-    "box, expected",
-    [
-        ((10, 10, 20, 20), (10, 10, 20, 20)),
-        ((-5, -5, 20, 20), (0, 0, 20, 20)),
-        ((90, 40, 150, 80), (90, 40, 100, 50)),
-        ((100, 10, 120, 20), None),  # right of the image
-        ((10, -20, 20, 0), None),  # above, touching the top edge
-        ((20, 10, 10, 20), None),  # reversed counts as empty
-        ((10, 10, 10, 20), None),
-    ],
-)
-def test_clamp_box(box, expected):
-    assert clamp_box(box, 100, 50) == expected
-
-
-@pytest.mark.parametrize(
-    "box, area",
-    [((0, 0, 10, 5), 50.0), ((2.5, 1, 3, 3), 1.0), ((5, 5, 5, 9), 0.0), ((9, 0, 1, 4), 0.0)],
-)
-def test_box_area(box, area):
-    assert box_area(box) == area
 
 
 # ----------------------------------------------------------------------------------------------
