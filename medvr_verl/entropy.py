@@ -85,11 +85,6 @@ def topk_entropy_error_bound(logprobs: Sequence[float], vocab_size: int, k: int 
     return max(0.0, tail * math.log(rest * probs[-1] / tail))
 
 
-def exact_entropy(logprobs: Sequence[float]) -> float:
-    """Entropy (nats) of a full distribution given as logprobs over the whole vocabulary."""
-    return -sum(math.exp(lp) * lp for lp in logprobs if math.isfinite(lp))
-
-
 def h_base(entropies: Sequence[float], num_tokens: int) -> float:
     """``H_base``: mean entropy of the first ``num_tokens`` tokens of the response (0.0 if none)."""
     if num_tokens < 1:

@@ -18,7 +18,7 @@ import pytest
 import verl  # noqa: F401  (loads the plugin through the verl.plugins entry point)
 from vllm_stub import FlatLogprobs, Logprob, stub_vllm, vllm_sample_logprobs
 
-from medvr_verl.entropy import TOKEN_ENTROPY_KEY, exact_entropy, topk_entropy, topk_entropy_error_bound
+from medvr_verl.entropy import TOKEN_ENTROPY_KEY, topk_entropy, topk_entropy_error_bound
 from medvr_verl.vllm_server import (
     ROLLOUT_NAME,
     _TopKEngine,
@@ -28,6 +28,11 @@ from medvr_verl.vllm_server import (
     position_entropies,
     sampled_token_logprobs,
 )
+
+
+def exact_entropy(logprobs):
+    """Reference: entropy (nats) of a full distribution given as logprobs over the whole vocabulary."""
+    return -sum(math.exp(lp) * lp for lp in logprobs if math.isfinite(lp))
 
 
 @pytest.fixture
