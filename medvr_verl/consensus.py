@@ -50,7 +50,6 @@ __all__ = [
     "CCAResult",
     "consensus_credit",
     "consensus_credit_by_image",
-    "consensus_region",
     "tool_rewards",
 ]
 
@@ -193,28 +192,6 @@ def _flatten_plain(boxes_per_traj: Sequence[Sequence[Sequence[float]]]):
     coords = [box for boxes in boxes_per_traj for box in boxes]
     traj = np.repeat(np.arange(len(lengths)), lengths)
     return traj, np.zeros(len(coords), dtype=np.intp), _box_array(coords)
-
-
-def consensus_region(unions: Sequence[Sequence[Sequence[float]]]) -> list[Box]:
-    """The majority region of a quorum, as disjoint rectangles.
-
-    Args:
-        unions: one list of boxes per quorum trajectory (its ``M_i``); every entry counts toward
-            ``|T+|`` even when it holds no box.
-
-    Returns:
-        Rectangles ``(x1, y1, x2, y2)`` whose union is ``{pixel : C > len(unions) / 2}``; [] when
-        that set is empty.
-    """
-    traj, _, arr = _flatten_plain(unions)
-    keep = (arr[:, 2] > arr[:, 0]) & (arr[:, 3] > arr[:, 1])
-    if not keep.any():
-        return []
-    arr, traj, q = arr[keep], traj[keep], len(unions)
-    if not use_dense(q, *grid_edges(arr)):
-        return sweep_cover(arr, traj, q, q // 2 + 1, region=True)[3]
-    _, consensus, _, xs, ys, shape = _majority(arr, traj, q)
-    return _rectangles(consensus.reshape(shape), xs, ys)
 
 
 def _credit(

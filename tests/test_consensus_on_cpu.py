@@ -15,7 +15,6 @@ from medvr_verl.consensus import (
     CCAResult,
     consensus_credit,
     consensus_credit_by_image,
-    consensus_region,
     tool_rewards,
 )
 
@@ -112,18 +111,6 @@ def test_cca_matches_raster(group, eta, quorum):
     assert all(float(v).is_integer() for b in result.consensus for v in b)
     np.testing.assert_array_equal(raster(region), consensus)
     assert sum((b[2] - b[0]) * (b[3] - b[1]) for b in result.consensus) == consensus.sum()
-
-
-@settings(deadline=None, max_examples=150)
-@given(st.lists(traj_boxes, min_size=1, max_size=7))
-def test_consensus_region_matches_raster(unions):
-    q = len(unions)
-    count = sum((raster(b).astype(int) for b in unions), np.zeros((H, W), int))
-    majority = 2 * count > q
-    region = consensus_region(unions)
-    assert union_area(region) == majority.sum()
-    assert sum((b[2] - b[0]) * (b[3] - b[1]) for b in region) == majority.sum()  # disjoint
-    np.testing.assert_array_equal(raster([tuple(int(v) for v in b) for b in region]), majority)
 
 
 @settings(deadline=None, max_examples=150)
@@ -376,16 +363,8 @@ def test_union_of_own_boxes_is_used():
 def test_consensus_rectangles_are_merged():
     # Three identical L-shapes: the consensus is that L as few disjoint rectangles.
     shape = [(0, 0, 30, 10), (0, 10, 10, 30)]
-    region = consensus_region([shape, shape, shape])
+    region = consensus_credit([shape, shape, shape], [True] * 3).consensus
     assert sorted(region) == [(0.0, 0.0, 30.0, 10.0), (0.0, 10.0, 10.0, 30.0)]  # row runs, merged
-
-
-def test_consensus_region_empty_and_denominator():
-    assert consensus_region([]) == []
-    assert consensus_region([[], []]) == []
-    # An empty member still counts toward |T+|: 1 of 2 is no majority.
-    assert consensus_region([[(0, 0, 4, 4)], []]) == []
-    assert consensus_region([[(0, 0, 4, 4)]]) == [(0.0, 0.0, 4.0, 4.0)]
 
 
 def test_multi_image_iou_sums_over_images():
@@ -517,14 +496,11 @@ def test_sweep_cca_matches_raster_and_dense(group, eta, quorum):
     st.data(),
     quorums,
 )
-def test_sweep_by_image_and_region_equal_dense(tagged, data, quorum):
+def test_sweep_by_image_equals_dense(tagged, data, quorum):
     correct = data.draw(st.lists(st.booleans(), min_size=len(tagged), max_size=len(tagged)))
     dense = consensus_credit_by_image(tagged, correct, quorum=quorum)
-    unions = [[b for _, b in t] for t in tagged]
-    dense_region = consensus_region(unions)
     with _sweep_only():
         assert consensus_credit_by_image(tagged, correct, quorum=quorum) == dense
-        assert consensus_region(unions) == dense_region
 
 
 @settings(deadline=None, max_examples=150)
