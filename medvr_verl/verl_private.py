@@ -34,8 +34,14 @@ PRIVATE_SYMBOLS: tuple[PrivateSymbol, ...] = (
     PrivateSymbol(
         "verl.experimental.agent_loop.agent_loop",
         "_agent_loop_registry",
-        "medvr_verl.rollout.is_medvr_agent",
+        "medvr_verl.rollout.is_medvr_agent, medvr_verl.__main__",
         "which class an agent-loop name resolves to (EVR forks only medvr_agent); no public lookup",
+    ),
+    PrivateSymbol(
+        "verl.workers.rollout.replica",
+        "RolloutReplicaRegistry._registry",
+        "medvr_verl.__main__",
+        "read only: whether rollout medvr_vllm is registered, without loading vLLM (get() would)",
     ),
     PrivateSymbol(
         "verl.workers.rollout.base",

@@ -73,3 +73,22 @@ def test_pure_modules_import_neither_veRL_nor_torch(module):
     code = f"import sys, {module}; print('verl' in sys.modules or 'torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.stdout.strip() == "False", out.stderr
+
+
+def test_registration_check_command():
+    """``python -m medvr_verl`` (the README's registration check) reports every piece registered."""
+    import os
+    import subprocess
+    import sys
+
+    result = subprocess.run([sys.executable, "-m", "medvr_verl"], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.count("registered") == 3 and "MISSING" not in result.stdout
+    env_off = subprocess.run(
+        [sys.executable, "-m", "medvr_verl"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "VERL_USE_EXTERNAL_PLUGINS": "none"},
+    )
+    assert env_off.returncode == 1 and "MISSING" in env_off.stdout
