@@ -263,26 +263,12 @@ def run_step(manager, samples: list[dict], global_steps: int) -> dict:
     """One rollout as veRL's V1 ``PPOTrainer`` drives it (as ``medvr_verl.testing.harness.run_manager_v1``,
     with a manager reused across steps); returns makespan, metrics and per-row generated tokens."""
     import transfer_queue as tq
-    from verl.utils import tensordict_utils as tu
 
-    from medvr_verl.replay_buffer import MedVRReplayBuffer
-    from medvr_verl.testing.harness import make_agent_batch
+    from medvr_verl.testing.harness import register_prompts_v1, sync_replay_buffer
 
     uids = [uuid.uuid4().hex for _ in samples]
-    batch_dict = dict(make_agent_batch(samples, uids=uids).non_tensor_batch)
-    batch_dict.pop("priority", None)
-    batch = tu.get_tensordict(batch_dict)
-    tu.assign_non_tensor_data(batch, "global_steps", global_steps)
-    tags = [{"is_prompt": True, "status": "pending", "global_steps": global_steps} for _ in range(len(batch))]
-    tq.kv_batch_put(keys=list(batch["uid"]), partition_id="train", tags=tags)
-    sampler = MedVRReplayBuffer(
-        trainer_mode="sync",
-        trainer_config={},
-        max_off_policy_threshold=None,
-        max_off_policy_strategy="drop",
-        sampler_kwargs={},
-        poll_interval=0.01,
-    )
+    batch = register_prompts_v1(samples, global_steps=global_steps, uids=uids)
+    sampler = sync_replay_buffer(poll_interval=0.01)
     start = time.perf_counter()
     manager.generate_sequences(batch)
     meta, metrics = sampler.sample(global_steps=global_steps, partition_id="train", batch_size=len(samples))

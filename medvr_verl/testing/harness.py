@@ -48,7 +48,9 @@ __all__ = [
     "make_trainer_config",
     "run_agent_loop_worker",
     "run_manager",
+    "register_prompts_v1",
     "run_manager_v1",
+    "sync_replay_buffer",
     "shutdown_ray",
     "tool_class_path",
     "verl_config_dir",
@@ -397,6 +399,49 @@ def run_manager(manager_cls, config, client, batch, *, reward_loop_worker_handle
             ray.kill(worker)
 
 
+def register_prompts_v1(
+    samples: Sequence[Mapping[str, Any]],
+    *,
+    global_steps: int = 1,
+    validate: bool = False,
+    uids: Sequence[str] | None = None,
+):
+    """The prompt batch as veRL's V1 ``PPOTrainer`` hands it to the agent-loop manager, registered.
+
+    A ``TensorDict`` built by veRL's ``tu.get_tensordict`` (one row per prompt, ``global_steps`` and,
+    for validation, ``validate`` attached), each prompt registered in TransferQueue as the trainer
+    does (tag ``{"is_prompt": True, "status": "pending", "global_steps"}``, partition ``train`` or
+    ``val``). TransferQueue must be initialised.
+    """
+    import transfer_queue as tq
+    from verl.utils import tensordict_utils as tu
+
+    batch_dict = dict(make_agent_batch(samples, uids=uids).non_tensor_batch)
+    batch_dict.pop("priority", None)
+    batch = tu.get_tensordict(batch_dict)
+    tu.assign_non_tensor_data(batch, "global_steps", global_steps)
+    if validate:
+        tu.assign_non_tensor_data(batch, "validate", True)
+    tags = [{"is_prompt": True, "status": "pending", "global_steps": global_steps} for _ in range(len(batch))]
+    tq.kv_batch_put(keys=list(batch["uid"]), partition_id="val" if validate else "train", tags=tags)
+    return batch
+
+
+def sync_replay_buffer(sampler_cls=None, *, poll_interval: float = 0.2):
+    """A sync-mode replay buffer (default :class:`medvr_verl.replay_buffer.MedVRReplayBuffer`), built
+    with the base arguments veRL passes a custom sampler, no off-policy control."""
+    from medvr_verl.replay_buffer import MedVRReplayBuffer
+
+    return (sampler_cls or MedVRReplayBuffer)(
+        trainer_mode="sync",
+        trainer_config={},
+        max_off_policy_threshold=None,
+        max_off_policy_strategy="drop",
+        sampler_kwargs={},
+        poll_interval=poll_interval,
+    )
+
+
 def run_manager_v1(
     manager_cls,
     config,
@@ -411,46 +456,28 @@ def run_manager_v1(
 ):
     """One rollout of veRL's V1 trainer, as ``PPOTrainer`` drives it, and the replay buffer's sample.
 
-    Starts TransferQueue in this Ray session (``tq.init()``, reused when running), registers each
-    prompt as the trainer does (tag ``{"is_prompt": True, "status": "pending", "global_steps"}``),
-    hands the prompt batch (a ``TensorDict`` built by veRL's ``tu.get_tensordict``, one row per
-    prompt) to ``manager_cls.create(...).generate_sequences``, then samples it back with
-    ``sampler_cls`` (default :class:`medvr_verl.replay_buffer.MedVRReplayBuffer`), which waits for
-    every group to turn terminal. Returns ``(meta, metrics, rows)``: the sampled ``KVBatchMeta``, the
-    sampler's metrics and all fields of the sampled rows (``tq.kv_batch_get``); the rows are cleared
-    from TransferQueue and the workers killed afterwards.
+    Starts TransferQueue in this Ray session (``tq.init()``, reused when running), registers the
+    prompts (:func:`register_prompts_v1`), hands the batch to
+    ``manager_cls.create(...).generate_sequences``, then samples it back with
+    :func:`sync_replay_buffer` (``sampler_cls``), which waits for every group to turn terminal.
+    Returns ``(meta, metrics, rows)``: the sampled ``KVBatchMeta``, the sampler's metrics and all
+    fields of the sampled rows (``tq.kv_batch_get``); the rows are cleared from TransferQueue and the
+    workers killed afterwards.
     """
     import ray
     import transfer_queue as tq
     from omegaconf import OmegaConf
-    from verl.utils import tensordict_utils as tu
-
-    from medvr_verl.replay_buffer import MedVRReplayBuffer
 
     ensure_ray()
     tq.init(OmegaConf.create({"backend": {"SimpleStorage": {"num_data_storage_units": 1}}}))
     partition_id = "val" if validate else "train"
-    batch_dict = dict(make_agent_batch(samples, uids=uids).non_tensor_batch)
-    batch_dict.pop("priority", None)
-    batch = tu.get_tensordict(batch_dict)
-    tu.assign_non_tensor_data(batch, "global_steps", global_steps)
-    if validate:
-        tu.assign_non_tensor_data(batch, "validate", True)
-    tags = [{"is_prompt": True, "status": "pending", "global_steps": global_steps} for _ in range(len(batch))]
-    tq.kv_batch_put(keys=list(batch["uid"]), partition_id=partition_id, tags=tags)
+    batch = register_prompts_v1(samples, global_steps=global_steps, validate=validate, uids=uids)
     manager = manager_cls.create(
         config=config, llm_client=client, teacher_client=None, reward_loop_worker_handles=reward_loop_worker_handles
     )
     try:
         manager.generate_sequences(batch)
-        sampler = (sampler_cls or MedVRReplayBuffer)(
-            trainer_mode="sync",
-            trainer_config={},
-            max_off_policy_threshold=None,
-            max_off_policy_strategy="drop",
-            sampler_kwargs={},
-            poll_interval=0.2,
-        )
+        sampler = sync_replay_buffer(sampler_cls)
         meta, metrics = sampler.sample(global_steps=global_steps, partition_id=partition_id, batch_size=len(samples))
         rows = tq.kv_batch_get(keys=meta.keys, partition_id=partition_id) if meta.keys else None
         tq.kv_clear(keys=meta.keys, partition_id=partition_id)
