@@ -262,7 +262,8 @@ class MedVRAgentLoopWorkerTQ(_AgentLoopWorkerTQ):
                 apply_greedy_sampling_params(run_params)
             prompt.pop("__do_sample__", None)
             shared: dict[str, Any] = {}
-            if self._is_medvr_prompt(prompt):  # the prompt's originals, decoded once for all its samples
+            medvr_prompt = is_medvr_agent(self._agent_name(prompt))
+            if medvr_prompt:  # the prompt's originals, decoded once for all its samples
                 originals = OriginalImages(list(prompt.get("raw_prompt") or []))
                 shared["medvr_originals"] = originals
 
@@ -272,7 +273,7 @@ class MedVRAgentLoopWorkerTQ(_AgentLoopWorkerTQ):
                 )
                 tasks.append(asyncio.create_task(coro))
 
-            if self._forks_group(prompt, n, validate):
+            if self._forks_group(prompt, n, validate, medvr_prompt):
                 if self.evr.mode == "streaming":
                     evr_group = _StreamingEVRGroup(uid, n, self, group.stats, spawn)
                 else:
@@ -319,15 +320,18 @@ class MedVRAgentLoopWorkerTQ(_AgentLoopWorkerTQ):
         # terminal only after every row of the group is written (ReplayBuffer samples terminal groups)
         await tq.async_kv_put(key=uid, partition_id=partition_id, tag={"status": status})
 
-    def _is_medvr_prompt(self, prompt: dict) -> bool:
-        return is_medvr_agent(prompt.get("agent_name", self.config.actor_rollout_ref.rollout.agent.default_agent_loop))
+    def _agent_name(self, prompt: dict) -> str:
+        return prompt.get("agent_name", self.config.actor_rollout_ref.rollout.agent.default_agent_loop)
 
-    def _forks_group(self, prompt: dict, n: int, validate: bool) -> bool:
+    def _forks_group(self, prompt: dict, n: int, validate: bool, medvr_prompt: bool) -> bool:
         if not self.evr.enable or validate or n < 2:
             return False
-        name = prompt.get("agent_name", self.config.actor_rollout_ref.rollout.agent.default_agent_loop)
-        if not is_medvr_agent(name):
-            logger.warning("EVR needs agent loop 'medvr_agent'; uid %s uses %r and runs unforked", prompt["uid"], name)
+        if not medvr_prompt:
+            logger.warning(
+                "EVR needs agent loop 'medvr_agent'; uid %s uses %r and runs unforked",
+                prompt["uid"],
+                self._agent_name(prompt),
+            )
             return False
         return True
 
