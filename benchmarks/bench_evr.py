@@ -20,7 +20,8 @@ veRL's ``ReplayBuffer`` (this plugin's subclass), as ``PPOTrainer`` drives them:
 * independent: ``evr.enable false``, 8 fresh samples per prompt;
 * two-phase EVR, all uncertain: 4 bases, forks planned when all 4 finished;
 * streaming EVR, all uncertain: 4 bases, each spiking zoom call forks at once;
-* streaming EVR, half uncertain: 2 forks at the spikes, 2 by the fallback after the bases.
+* streaming EVR, half uncertain: 2 forks at the spikes, 2 by the ``top_dh`` fallback (ours; the
+  recipe's default ``fresh`` would make them fresh samples) after the bases.
 
 Simulated server (:class:`SimulatedServer`, a ``ScriptedLLMClient`` whose answers wait on
 :class:`ContinuousBatchingEngine`): one engine with continuous batching. Every in-flight request
@@ -103,7 +104,9 @@ LOW, SPIKE = 0.1, 3.0  # nats: scripted per-token entropies
 STEP_S = 0.025
 PER_SEQ_S = 0.0005
 PREFILL_S_PER_TOKEN = 0.00005
-EVR_SETTINGS = "gamma: 0.5, p_base: 0.2, threshold: 0.1, seed: 0"
+# our top_dh fallback: in "half uncertain" the 2 slots no spike took fork too (the paper's fresh would
+# make them fresh samples, which the independent run already measures)
+EVR_SETTINGS = "gamma: 0.5, p_base: 0.2, threshold: 0.1, seed: 0, fallback: top_dh"
 MC = {"question_type": "multiple_choice", "options": {"A": "left lung", "B": "right lung"}}
 WORDS = (
     "the opacity margin lung field nodule apex base hilum lobe dense faint round spiculated border "

@@ -13,9 +13,10 @@ scoring function and ``R_tool`` from one of four variants (the paper's tool-rewa
 =============== =================================================================================
 
 ``quorum`` (:data:`medvr_verl.consensus.QUORUM_RULES`) says who votes in the consensus and is
-reported as ``in_quorum`` / ``quorum_size``: ``"correct_with_box"`` (default: correct trajectories
-with a valid zoom) or ``"correct"`` (the paper's ``T+``: every correct trajectory; one without a
-zoom votes for no region and earns no tool reward). The other variants do not use the consensus;
+reported as ``in_quorum`` / ``quorum_size``: ``"correct"`` (default, the paper's ``T+``: every
+correct trajectory; one without a zoom votes for no region and earns no tool reward) or
+``"correct_with_box"`` (ours: correct trajectories with a valid zoom; a lone correct zoomer is then
+its own consensus). The other variants do not use the consensus;
 their rewards are the same under either rule.
 
 Members are untrusted data (a custom scoring function, a broker payload, a rollout dump): a member's

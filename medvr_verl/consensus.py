@@ -4,11 +4,15 @@ Within one GRPO group (the trajectories sampled for one prompt):
 
 - quorum ``T+``, by the ``quorum`` rule (:data:`QUORUM_RULES`):
 
-  * ``"correct_with_box"`` (default): trajectories that are correct **and** have at least one
-    (non-empty) zoom box;
-  * ``"correct"`` (the paper's ``T+``, all successful trajectories): every correct trajectory; one
-    without a box counts toward ``|T+|`` with an empty ``M_i`` (a vote for no region). The two rules
-    agree whenever every correct trajectory zoomed.
+  * ``"correct"`` (default; the paper's ``T+``, all successful trajectories): every correct
+    trajectory; one without a box counts toward ``|T+|`` with an empty ``M_i`` (a vote for no
+    region). When fewer than half of the correct trajectories zoom, no pixel reaches a majority: the
+    consensus is empty and every zoom earns 0.5.
+  * ``"correct_with_box"`` (ours, an option): trajectories that are correct **and** have at least
+    one (non-empty) zoom box. Its weakness: a lone correct zoomer is its own consensus and earns 1.0
+    wherever it looked.
+
+  The two rules agree whenever every correct trajectory zoomed.
 - ``M_i`` = union of trajectory i's boxes (per image);
 - ``C(pixel)`` = number of quorum trajectories whose ``M_i`` covers the pixel;
 - consensus = ``{pixel : C > |T+| / 2}``, a strict majority (a tie at exactly half is excluded);
@@ -59,7 +63,7 @@ REWARD_NONE = 0.0  # wrong answer or no box
 
 QUORUM_RULES = ("correct_with_box", "correct")
 """Who votes in the consensus (``T+``): correct trajectories with a zoom box, or every correct one."""
-DEFAULT_QUORUM = "correct_with_box"
+DEFAULT_QUORUM = "correct"
 
 
 @dataclass(frozen=True)
@@ -291,8 +295,8 @@ def consensus_credit_by_image(
             original-image pixels of that image.
         correct: (N,) truthy when the trajectory's answer is correct (e.g. ``R_acc > 0``).
         eta: IoU threshold in [0, 1]; ``IoU > eta`` (strict) earns 1.0.
-        quorum: who votes (:data:`QUORUM_RULES`): ``"correct_with_box"`` (default) or ``"correct"``
-            (the paper's ``T+``: every correct trajectory, a box-less one voting for no region).
+        quorum: who votes (:data:`QUORUM_RULES`): ``"correct"`` (default; the paper's ``T+``: every
+            correct trajectory, a box-less one voting for no region) or ``"correct_with_box"`` (ours).
 
     The consensus is computed per image over the whole quorum (a quorum member without boxes on
     an image still counts toward ``|T+|`` there), and
@@ -358,7 +362,7 @@ def tool_rewards(
         boxes_per_traj: (N,) per trajectory, a list of ``(x1, y1, x2, y2)`` in original-image px.
         correct: (N,) bools (truthy = correct).
         eta: IoU threshold in [0, 1] (default 0.5).
-        quorum: who votes (:data:`QUORUM_RULES`, default ``"correct_with_box"``).
+        quorum: who votes (:data:`QUORUM_RULES`, default ``"correct"``, the paper's).
     Returns:
         (N,) rewards. Skips building the consensus rectangles, which only the result object shows.
     """

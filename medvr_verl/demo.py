@@ -5,7 +5,8 @@ overlay (``--config-path=pkg://medvr_verl.recipes.medvr --config-name=medvr +bac
 :mod:`medvr_verl.cpu.tiny_run`) on a tiny random-weight Qwen2.5-VL: the zoom agent ``medvr_agent``,
 EVR forks, ``medvr_cca`` rewards, GRPO with a KL loss against the reference model, FSDP2 actor and
 reference updates, the actor's weights synced into the ``medvr_cpu`` rollout server after every
-step. Random weights write no zoom calls, so the server runs its ``scripted`` policy: a script
+step. EVR runs our ``evr.fallback=top_dh`` variant, not the paper's ``fresh`` (random weights give
+flat entropies, so ``fresh`` would fork nothing; :mod:`medvr_verl.cpu.tiny_run`). Random weights write no zoom calls, so the server runs its ``scripted`` policy: a script
 (:class:`medvr_verl.cpu.script.ZoomThenAnswer`) writes each turn's text, the synced model scores
 it (log-probs and entropies are real forward passes). The numbers show the mechanics, not a
 trained model.
@@ -34,6 +35,8 @@ BANNER = (
     + "\nMedVR CPU demo: python -m verl.trainer.main_ppo, recipe medvr + CPU overlay, tiny Qwen2.5-VL.\n"
     "THE MODEL HAS RANDOM WEIGHTS: its text is SCRIPTED (rollout policy 'scripted'); log-probs, entropies,\n"
     "rewards, advantages, KL and the FSDP updates are real. The numbers show the mechanics, not a trained model.\n"
+    "EVR runs OUR fallback evr.fallback=top_dh, not the paper's `fresh` (the recipe's default): random weights\n"
+    "give flat entropies, no zoom call qualifies, and `fresh` would turn every fork slot into a fresh sample.\n"
     + "=" * 100
 )
 _BOX = re.compile(r'"bbox_2d": \[([^\]]*)\]')

@@ -32,9 +32,10 @@ steers nothing (:func:`qualifies`, :func:`decide_fork`, :func:`fallback_order`).
 
 Budget (:func:`fill_forks`): each chosen call gets one fork (in the order given: generation order
 when streaming, decreasing ``dH`` when planned after the bases); fork slots left over are spent by
-the fallback: ``"top_dh"`` deals them round-robin over the chosen calls, or over all calls by
-decreasing ``dH`` when none was chosen (random order at ``gamma = 0``); ``"fresh"`` makes each left
-slot a fresh, unforked sample (the paper's "low uncertainty: continue a single trajectory").
+the fallback: ``"fresh"`` (default) makes each left slot a fresh, unforked sample (the paper's "low
+uncertainty: continue a single trajectory"); ``"top_dh"`` (ours) deals them round-robin over the
+chosen calls, or over all calls by decreasing ``dH`` when none was chosen (random order at
+``gamma = 0``).
 
 Imports neither veRL nor torch.
 """
@@ -194,7 +195,7 @@ def plan_forks(
     gamma: float,
     threshold: float,
     rng,
-    fallback: str = "top_dh",
+    fallback: str = "fresh",
 ) -> list[int | None]:
     """Choose the fork point of each of ``num_forks`` forks among candidate zoom calls (two-phase EVR).
 

@@ -9,7 +9,7 @@ and tune it under ``reward.reward_kwargs`` (veRL's place for reward-manager opti
       reward_kwargs:
         tool_reward: consensus   # none | unconditional | correct | consensus
         eta: 0.5                 # IoU threshold of CCA
-        quorum: correct_with_box # who votes in CCA (T+): correct_with_box | correct (the paper's)
+        quorum: correct          # who votes in CCA (T+): correct (the paper's) | correct_with_box (ours)
         w_tool: 1.0
         format_weight: 0.1       # size of R_format (penalty: lost by a badly formatted response)
         format_mode: penalty     # penalty: R = acc - w * (1 - format); bonus: R = acc + w * format

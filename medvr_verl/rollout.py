@@ -270,7 +270,8 @@ EVR_MODES = ("streaming", "two_phase")
 
 @dataclass(frozen=True)
 class EVRSettings:
-    """``actor_rollout_ref.rollout.custom.evr``: the paper's EVR switches (defaults: ours, see README)."""
+    """``actor_rollout_ref.rollout.custom.evr``: the paper's EVR switches (defaults: the paper's where it
+    states one, ours where it is silent; see README)."""
 
     enable: bool = True
     gamma: float = 0.5
@@ -289,10 +290,10 @@ class EVRSettings:
     """V1 worker: ``streaming`` (each base zoom call decided when generated, a chosen fork starts at
     once while its base goes on; the paper's "fork the generation state") or ``two_phase`` (forks
     planned after all bases finished). The legacy managers always plan in two phases."""
-    fallback: str = "top_dh"
-    """Fork slots no chosen call took: ``top_dh`` (ours: forks at the chosen calls, else at the
-    highest-``dH`` calls) or ``fresh`` (fresh independent samples: the paper's "low uncertainty ->
-    continue a single trajectory")."""
+    fallback: str = "fresh"
+    """Fork slots no chosen call took: ``fresh`` (default: fresh independent samples, the paper's "low
+    uncertainty -> continue a single trajectory") or ``top_dh`` (ours: forks at the chosen calls,
+    else at the highest-``dH`` calls, so every group keeps half its budget as forks)."""
     mask_fork_prefix: bool = False
     """``response_mask`` 0 on the response prefix a fork shares with its base (the paper is silent;
     ours: off, each row trains its whole response as a fresh sample would)."""

@@ -25,9 +25,11 @@ from medvr_verl.testing.scripting import is_fork_request
 
 pytestmark = pytest.mark.vl_stack
 NO_EVR = "+actor_rollout_ref.rollout.custom={evr: {enable: false}}"
-EVR = "+actor_rollout_ref.rollout.custom={evr: {gamma: 0.5, p_base: 0.0, threshold: 0.5, seed: 0}}"
+# our top_dh fallback: the slot the one qualifying call leaves forks too (the paper's fresh: below)
+EVR = "+actor_rollout_ref.rollout.custom={evr: {gamma: 0.5, p_base: 0.0, threshold: 0.5, seed: 0, fallback: top_dh}}"
 EVR_TWO_PHASE = (
-    "+actor_rollout_ref.rollout.custom={evr: {mode: two_phase, gamma: 0.5, p_base: 0.0, threshold: 0.5, seed: 0}}"
+    "+actor_rollout_ref.rollout.custom={evr: {mode: two_phase, gamma: 0.5, p_base: 0.0, threshold: 0.5, seed: 0, "
+    "fallback: top_dh}}"
 )
 EVR_FRESH_MASKED = (
     "+actor_rollout_ref.rollout.custom={evr: {gamma: 0.5, p_base: 0.0, threshold: 0.5, seed: 0, "

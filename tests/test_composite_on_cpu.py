@@ -20,7 +20,8 @@ def _group():
 
 
 def test_consensus_variant():
-    result = group_rewards(_group(), "consensus", eta=0.5, w_tool=1.0)
+    # our quorum rule (correct and zoomed); the paper's default: test_paper_quorum_counts_...
+    result = group_rewards(_group(), "consensus", eta=0.5, w_tool=1.0, quorum="correct_with_box")
     rewards, quorum = result.members, result.quorum_size
     assert quorum == 3
     assert result.consensus == [BOX_A]
@@ -76,8 +77,9 @@ def test_paper_quorum_counts_the_correct_answer_without_a_zoom():
     assert [r.iou for r in result.members] == [0.0] * 5
 
 
-def test_default_quorum_is_correct_with_box():
-    assert group_rewards(_group(), "consensus") == group_rewards(_group(), "consensus", quorum="correct_with_box")
+def test_default_quorum_is_the_papers():
+    assert group_rewards(_group(), "consensus") == group_rewards(_group(), "consensus", quorum="correct")
+    assert group_rewards(_group(), "consensus") != group_rewards(_group(), "consensus", quorum="correct_with_box")
 
 
 @pytest.mark.parametrize("variant", ["none", "unconditional", "correct"])
@@ -216,9 +218,12 @@ def test_reward_manager_data_flow_with_one_hostile_member():
         boxes, invalid, _ = trajectory_boxes(extra, "")
         outcomes.append((MemberOutcome(1.0, 1.0, boxes), invalid))
     assert [invalid for _, invalid in outcomes] == [0, 0, 5]
-    with_hostile = group_rewards([o for o, _ in outcomes], "consensus").members
-    without = group_rewards([o for o, _ in outcomes[:2]], "consensus").members
-    assert with_hostile[:2] == without and with_hostile[2].reward == 1.0 and not with_hostile[2].in_quorum
+    for quorum in ("correct", "correct_with_box"):
+        with_hostile = group_rewards([o for o, _ in outcomes], "consensus", quorum=quorum).members
+        without = group_rewards([o for o, _ in outcomes[:2]], "consensus", quorum=quorum).members
+        assert with_hostile[:2] == without and with_hostile[2].reward == 1.0 and with_hostile[2].tool_reward == 0.0
+        # the paper's T+ counts the correct answer whose boxes were all refused as a vote for no region
+        assert with_hostile[2].in_quorum == (quorum == "correct")
 
 
 @settings(max_examples=200, deadline=None)

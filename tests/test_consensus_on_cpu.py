@@ -202,7 +202,7 @@ def test_permutation_equivariance(group, rnd, quorum):
 
 
 # ----------------------------------------------------------------------------------------------
-# The quorum rule: correct_with_box (default) against the paper's T+ = every correct trajectory
+# The quorum rule: the paper's T+ = every correct trajectory (default) against ours, correct_with_box
 # ----------------------------------------------------------------------------------------------
 
 
@@ -253,6 +253,20 @@ def test_paper_quorum_box_less_voters_can_empty_the_consensus():
     assert paper == CCAResult([1.0, 1.0, 0.0], [1.0, 1.0, None], 3, [a])
 
 
+def test_lone_correct_zoomer_and_its_opposite():
+    """The case that separates the rules (README, departures): 8 correct trajectories, one zooms a
+    5x5 corner. Ours makes it its own consensus (1.0 wherever it looked); the paper's T+ has 8 voters,
+    7 for no region: no consensus, the zoom earns 0.5. The opposite: every correct trajectory zooms,
+    and the rules agree."""
+    corner = (0, 0, 5, 5)
+    boxes, correct = [[corner]] + [[]] * 7, [True] * 8
+    assert consensus_credit(boxes, correct, quorum="correct_with_box").rewards == [1.0] + [0.0] * 7
+    assert consensus_credit(boxes, correct) == CCAResult([0.5] + [0.0] * 7, [0.0] + [None] * 7, 8, [])
+    all_zoom = [[corner]] * 5 + [[(50, 50, 60, 60)]] * 3
+    assert consensus_credit(all_zoom, correct) == consensus_credit(all_zoom, correct, quorum="correct_with_box")
+    assert consensus_credit(all_zoom, correct).rewards == [1.0] * 5 + [0.5] * 3
+
+
 def test_paper_quorum_without_any_box():
     assert consensus_credit([[], []], [True, True], quorum="correct") == CCAResult(
         [0.0, 0.0], [None, None], 2, []
@@ -280,8 +294,10 @@ def test_all_wrong_gives_zero():
 
 
 def test_no_boxes_gives_zero():
-    result = consensus_credit([[], [], []], [True, True, True])
-    assert result.rewards == [0.0, 0.0, 0.0] and result.quorum_size == 0
+    result = consensus_credit([[], [], []], [True, True, True])  # the paper's T+: 3 votes for no region
+    assert result.rewards == [0.0, 0.0, 0.0] and result.quorum_size == 3 and result.consensus == []
+    ours = consensus_credit([[], [], []], [True, True, True], quorum="correct_with_box")
+    assert ours.rewards == [0.0, 0.0, 0.0] and ours.quorum_size == 0
 
 
 def test_empty_group():
@@ -298,14 +314,20 @@ def test_single_correct_with_box():
 
 def test_correct_without_box_and_wrong_with_box_get_zero():
     boxes = [[(0, 0, 10, 10)], [], [(0, 0, 10, 10)]]
-    assert tool_rewards(boxes, [True, True, False]) == [1.0, 0.0, 0.0]
+    # the paper's T+ = {0, 1}: the box has 1 vote of 2, no majority, so the zoom earns 0.5
+    assert tool_rewards(boxes, [True, True, False]) == [0.5, 0.0, 0.0]
+    # ours: the lone correct zoomer is its own consensus
+    assert tool_rewards(boxes, [True, True, False], quorum="correct_with_box") == [1.0, 0.0, 0.0]
 
 
 def test_degenerate_boxes_do_not_count():
     # Trajectory 1's only box is empty: not in the quorum, so trajectory 0 is alone.
     boxes = [[(0, 0, 10, 10)], [(5, 5, 5, 20), (30, 30, 20, 20)]]
-    result = consensus_credit(boxes, [True, True])
+    result = consensus_credit(boxes, [True, True], quorum="correct_with_box")
     assert result.rewards == [1.0, 0.0] and result.quorum_size == 1
+    # the paper's rule: trajectory 1 votes for no region (its boxes are empty), no majority
+    result = consensus_credit(boxes, [True, True])
+    assert result.rewards == [0.5, 0.0] and result.quorum_size == 2
 
 
 def test_tie_at_half_is_excluded():

@@ -121,7 +121,7 @@ def test_plan_forks_prefers_chosen_high_entropy_points():
 
     rng = random.Random(0)
     # candidate 1 spikes far above the threshold with P = 1; 0 and 2 do not qualify
-    plan = plan_forks([0.05, 3.0, -1.0], 4, p_base=0.0, gamma=1.0, threshold=0.1, rng=rng)
+    plan = plan_forks([0.05, 3.0, -1.0], 4, p_base=0.0, gamma=1.0, threshold=0.1, rng=rng, fallback="top_dh")
     assert plan == [1, 1, 1, 1]
 
 
@@ -131,10 +131,10 @@ def test_plan_forks_falls_back_to_the_highest_dh_and_to_fresh_samples():
     from medvr_verl.entropy import plan_forks
 
     rng = random.Random(0)
-    plan = plan_forks([0.0, -0.5, 0.0], 4, p_base=0.0, gamma=0.5, threshold=0.2, rng=rng)
+    plan = plan_forks([0.0, -0.5, 0.0], 4, p_base=0.0, gamma=0.5, threshold=0.2, rng=rng, fallback="top_dh")
     assert sorted(plan[:2]) == [0, 2] and plan[2] == 1 and plan[3] == plan[0]
-    assert plan_forks([], 3, p_base=1.0, gamma=0.5, threshold=0.0, rng=rng) == [None, None, None]
-    assert plan_forks([1.0], 0, p_base=1.0, gamma=0.5, threshold=0.0, rng=rng) == []
+    assert plan_forks([], 3, p_base=1.0, gamma=0.5, threshold=0.0, rng=rng, fallback="top_dh") == [None, None, None]
+    assert plan_forks([1.0], 0, p_base=1.0, gamma=0.5, threshold=0.0, rng=rng, fallback="top_dh") == []
 
 
 def test_plan_forks_gamma_zero_is_random_branching_whatever_dh():
@@ -153,7 +153,7 @@ def test_plan_forks_gamma_zero_is_random_branching_whatever_dh():
             counts = [0] * k
             draws = 3000
             for _ in range(draws):
-                (fork,) = plan_forks(dhs, 1, p_base=p_base, gamma=0.0, threshold=1.0, rng=rng)
+                (fork,) = plan_forks(dhs, 1, p_base=p_base, gamma=0.0, threshold=1.0, rng=rng, fallback="top_dh")
                 counts[fork] += 1
             for c in counts:  # each 1/k; 5 sigma of a binomial share
                 assert abs(c / draws - 1 / k) < 5 * (1 / k * (1 - 1 / k) / draws) ** 0.5, (dhs, p_base, counts)
@@ -202,7 +202,7 @@ def test_plan_forks_only_when_uncertain_gives_fresh_samples():
     # no call qualifies: "fresh" keeps a single trajectory per slot (no fork), "top_dh" forks anyway
     low = [0.0, 0.05]
     assert plan_forks(low, 2, p_base=1.0, gamma=0.5, threshold=0.1, rng=rng, fallback="fresh") == [None, None]
-    assert sorted(plan_forks(low, 2, p_base=1.0, gamma=0.5, threshold=0.1, rng=rng)) == [0, 1]
+    assert sorted(plan_forks(low, 2, p_base=1.0, gamma=0.5, threshold=0.1, rng=rng, fallback="top_dh")) == [0, 1]
     # a spike with P = 1 branches once; "fresh" leaves the other slot to a fresh sample, "top_dh" forks again
     assert plan_forks([0.0, 3.0], 2, p_base=0.0, gamma=0.5, threshold=0.1, rng=rng, fallback="fresh") == [1, None]
-    assert plan_forks([0.0, 3.0], 2, p_base=0.0, gamma=0.5, threshold=0.1, rng=rng) == [1, 1]
+    assert plan_forks([0.0, 3.0], 2, p_base=0.0, gamma=0.5, threshold=0.1, rng=rng, fallback="top_dh") == [1, 1]

@@ -17,7 +17,9 @@ from medvr_verl.testing.harness import make_agent_batch, make_sample, run_manage
 from medvr_verl.testing.scripted_server import ScriptedLLMClient
 
 pytestmark = pytest.mark.vl_stack
-EVR = "+actor_rollout_ref.rollout.custom={evr: {gamma: 0.5, p_base: 0.0, threshold: 0.5, seed: 0}}"
+# our top_dh fallback: the slot the one qualifying call leaves forks too (the paper's fresh default
+# would make it a fresh sample: tests/test_agent_loop_tq_on_cpu.py::test_v1_fresh_fallback_...)
+EVR = "+actor_rollout_ref.rollout.custom={evr: {gamma: 0.5, p_base: 0.0, threshold: 0.5, seed: 0, fallback: top_dh}}"
 
 
 def _run(tiny_model_path, reward_workers, *, overrides=(EVR,), meta_info=None, entropy=True, prompts=2):
@@ -120,14 +122,18 @@ def test_settings_are_validated():
     with pytest.raises(ValueError, match="mask_fork_prefix"):
         EVRSettings(mask_fork_prefix="yes")
     defaults = EVRSettings()
-    assert (defaults.mode, defaults.fallback, defaults.mask_fork_prefix) == ("streaming", "top_dh", False)
+    assert (defaults.mode, defaults.fallback, defaults.mask_fork_prefix) == ("streaming", "fresh", False)
 
 
 def test_evr_on_real_distributions_of_the_tiny_model(ray_session, tiny_model_path, reward_workers, tokenizer):
     """The same group with logprobs and entropies from the tiny model's real forward passes."""
     from medvr_verl.testing.real_logprob_client import RealLogprobLLMClient
 
-    config = cca_config(tiny_model_path, "+actor_rollout_ref.rollout.custom={evr: {seed: 0}}", num_workers=1)
+    # a random-weight model's entropies are flat: whether a call qualifies is chance, so the layout
+    # asserted below is our top_dh fallback's (2 bases, 2 forks whatever dH says)
+    config = cca_config(
+        tiny_model_path, "+actor_rollout_ref.rollout.custom={evr: {seed: 0, fallback: top_dh}}", num_workers=1
+    )
     batch = make_agent_batch(
         [make_sample("[script:p0] Which lung?", images=[chest_image()], extra_info=MC)], n=4, agent_name="medvr_agent"
     )

@@ -27,6 +27,7 @@ MEDVR = [
     "text_rl",
     "tool_reward_none",
     "tool_reward_unconditional",
+    "our_variants",
 ]
 
 
@@ -100,6 +101,7 @@ def test_medvr_recipes(name, tiny_model_path):
         "zoom_cca": (False, "consensus", "vllm"),
         "tool_reward_none": (True, "none", "medvr_vllm"),
         "tool_reward_unconditional": (True, "unconditional", "medvr_vllm"),
+        "our_variants": (True, "consensus", "medvr_vllm"),
     }[name]
     assert (evr.enable, settings.tool_reward, rollout.name) == expected
     # veRL's V1 trainer (no legacy-trainer warning) with this plugin's V1 manager and replay buffer
@@ -107,7 +109,10 @@ def test_medvr_recipes(name, tiny_model_path):
     assert issubclass(cls, AgentLoopManagerTQ) and cls.__name__ == "MedVRAgentLoopManagerTQ"
     sampler = config.trainer.v1.sampler.custom_sampler
     assert issubclass(load_extern_type(sampler.path, sampler.name), ReplayBuffer)
-    assert evr.gamma == 0.5 and settings.eta == 0.5 and settings.quorum == "correct_with_box"
+    assert evr.gamma == 0.5 and settings.eta == 0.5
+    # the paper's T+ and its "low uncertainty -> continue a single trajectory"; ours only on request
+    paper = name != "our_variants"
+    assert (settings.quorum, evr.fallback) == (("correct", "fresh") if paper else ("correct_with_box", "top_dh"))
     # the paper's 16 trajectories per prompt; mini-batches split a step's prompts evenly
     assert rollout.n == 16 and config.data.train_batch_size % config.actor_rollout_ref.actor.ppo_mini_batch_size == 0
 

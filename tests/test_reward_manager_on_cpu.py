@@ -62,15 +62,15 @@ def test_bad_settings_are_refused_clearly(kwargs, message):
 
 
 def test_quorum_setting_reaches_the_group_rewards():
-    """reward.reward_kwargs.quorum: correct_with_box (default) | correct (the paper's T+)."""
+    """reward.reward_kwargs.quorum: correct (default, the paper's T+) | correct_with_box (ours)."""
     from omegaconf import OmegaConf
 
     from medvr_verl.composite import MemberOutcome
     from medvr_verl.reward_manager import MedVRCCARewardManager
 
-    assert CCARewardSettings().quorum == "correct_with_box"
-    config = OmegaConf.create({"reward": {"reward_kwargs": {"tool_reward": "consensus", "quorum": "correct"}}})
-    assert CCARewardSettings.from_config(config).quorum == "correct"
+    assert CCARewardSettings().quorum == "correct"
+    config = OmegaConf.create({"reward": {"reward_kwargs": {"tool_reward": "consensus", "quorum": "correct_with_box"}}})
+    assert CCARewardSettings.from_config(config).quorum == "correct_with_box"
     box = (0, (0.0, 0.0, 10.0, 10.0))
     # two correct zooms on the same box, two correct answers without a zoom
     members = [MemberOutcome(1.0, 1.0, [box]), MemberOutcome(1.0, 1.0, [box])] + [MemberOutcome(1.0, 1.0, [])] * 2

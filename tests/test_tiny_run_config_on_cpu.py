@@ -55,6 +55,9 @@ def test_both_backends_compose_and_validate(configs):
         assert config.trainer.n_gpus_per_node == 1 and config.actor_rollout_ref.rollout.tensor_model_parallel_size == 1
         assert config.actor_rollout_ref.actor.use_kl_loss and config.algorithm.adv_estimator == "grpo"
         assert config.actor_rollout_ref.rollout.custom.evr.enable
+        # our fallback, chosen on purpose (random weights: flat entropies), the paper's CCA quorum
+        assert config.actor_rollout_ref.rollout.custom.evr.fallback == tiny_run.EVR_FALLBACK == "top_dh"
+        assert config.reward.reward_kwargs.quorum == "correct"
 
 
 def test_the_runs_differ_only_in_the_backend(configs):

@@ -12,6 +12,13 @@ CPU run checks the GPU run's config: the two differ only in :func:`backend_overr
   --config-name=medvr`` scaled to the tiny model, plus the backend.
 * :func:`environment`: the process environment (``VERL_PLATFORM=cpu`` on CPU, the metrics file).
 
+EVR fallback: the run selects OUR variant ``evr.fallback=top_dh`` (:data:`EVR_FALLBACK`), not the
+recipe's (the paper's) ``fresh``. A random-weight model's token entropies are flat, so no zoom call
+has a significantly positive ``dH`` and under ``fresh`` every fork slot would become a fresh sample:
+the run would show no fork at all. ``top_dh`` forks those slots at the highest-``dH`` calls anyway,
+so the demo and the tests exercise veRL's fork path (prefix reuse, fork rows, fork rewards). The
+demo's banner says so.
+
 Lengths: the tiny model's prompts are about 1,150 tokens (the hermes tool block of the system
 prompt plus up to 256 image tokens), so ``max_prompt_length`` is 2048 -- with 1024 veRL's
 ``filter_overlong_prompts`` drops every prompt and the run ends with ``num_samples=0``.
@@ -26,6 +33,8 @@ from pathlib import Path
 BACKENDS = ("cpu", "gpu")
 MAX_PROMPT_LENGTH = 2048
 MAX_RESPONSE_LENGTH = 1024
+EVR_FALLBACK = "top_dh"
+"""Ours, not the paper's ``fresh``: flat random-weight entropies would leave no fork (module docstring)."""
 
 # pydicom test file, question, options, answer: the answer is what a zoom on the image centre sees
 QUESTIONS = (
@@ -114,6 +123,8 @@ def overrides(
         "actor_rollout_ref.actor.optim.lr=1e-3",
         "actor_rollout_ref.rollout.agent.num_workers=1",
         "actor_rollout_ref.rollout.custom.evr.seed=0",
+        # our variant: random weights give flat entropies, so the paper's `fresh` would fork nothing
+        f"actor_rollout_ref.rollout.custom.evr.fallback={EVR_FALLBACK}",
         "reward.num_workers=1",
         "reward.reward_kwargs.group_timeout_s=120",
         "trainer.nnodes=1",
