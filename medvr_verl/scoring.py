@@ -33,7 +33,11 @@ a list of candidates ("liver, lung or heart", "liver lung heart"), an alternativ
 negation ("no pneumonia", "not left", "without pneumonia") and a number fragment ("3.5" or "0.3"
 for "3", "0.5 mm" for "5 mm") are all wrong. Closed (yes/no) questions accept a one-word answer
 from the yes or no synonym set (``yes y yeah yep true correct`` / ``no n nope false incorrect``);
-"Yes, there is a mass" is wrong for the reward (put the explanation in ``<think>``). Multiple
+"Yes, there is a mass" is wrong for the reward (put the explanation in ``<think>``). A non-answer
+("n/a", "na", "none", "unknown", "not sure", "I don't know", ... :data:`NON_ANSWERS`, compared
+before articles are dropped, so "n/a" never becomes the "no" synonym "n") has no polarity: it is
+never "yes" or "no", for a prediction or a ground truth; it scores 0.0 against any closed ground
+truth and in the lenient column. Multiple
 choice accepts the option letter or exactly one option's text, nothing that names two options.
 
 :func:`lenient_accuracy` keeps the older bounded-containment rule of LLaVA-Med-style evaluators
@@ -65,6 +69,7 @@ __all__ = [
     "DEFAULT_FORMAT_MODE",
     "DEFAULT_FORMAT_WEIGHT",
     "FORMAT_MODES",
+    "NON_ANSWERS",
     "NO_WORDS",
     "QUESTION_TYPES",
     "YES_WORDS",
@@ -72,6 +77,7 @@ __all__ = [
     "compute_score",
     "extract_answer",
     "format_reward",
+    "is_non_answer",
     "infer_question_type",
     "lenient_accuracy",
     "normalize_text",
@@ -214,6 +220,8 @@ def normalize_text(text: str) -> str:
     return " ".join(_tokens(text))
 
 
+# "n/a", "N.A.", "n. a": one word "na" (else punctuation -> space and the article rule leave "n").
+_N_SLASH_A = re.compile(r"\bn\s*[/.]\s*a\b\.?")
 # A '.' between two digits is a decimal point, not punctuation. Fixed-width look-arounds: linear.
 _DECIMAL_POINT = re.compile(r"(?<=\d)\.(?=\d)")
 _POINT_MARK = "\x00"  # stands for a kept decimal point while punctuation is translated away
@@ -267,7 +275,7 @@ def normalize_tokens(text: str) -> list[str]:
     """The normalised tokens :func:`score_open` and :func:`score_closed` compare (module docstring)."""
     text = unicodedata.normalize("NFKC", str(text)).strip()
     text = _strip_answer_lead_in(text)
-    text = _DECIMAL_POINT.sub(_POINT_MARK, text.lower())
+    text = _DECIMAL_POINT.sub(_POINT_MARK, _N_SLASH_A.sub("na", text.lower()))
     out = []
     for raw in text.translate(_PUNCT_TABLE).split():
         token = raw.replace(_POINT_MARK, ".")
@@ -434,6 +442,34 @@ def score_multiple_choice(pred: str, gt: str, options: Mapping[str, object] | Se
 _YES_NO = frozenset({"yes", "no"})
 YES_WORDS = frozenset({"yes", "y", "yeah", "yep", "true", "correct"})
 NO_WORDS = frozenset({"no", "n", "nope", "false", "incorrect"})
+NON_ANSWERS = frozenset(
+    {
+        "na", "nan", "none", "nil", "null", "nothing", "unknown", "unk", "unclear",
+        "uncertain", "unsure", "not sure", "undetermined", "indeterminate", "cannot determine",
+        "cannot be determined", "can not be determined", "cannot tell", "can not tell", "cant tell",
+        "cant determine", "cant say", "cannot say", "not known", "not applicable", "not available",
+        "not determinable", "dont know", "i dont know", "do not know", "i do not know", "idk",
+        "no answer", "no idea", "not enough information", "insufficient information", "unanswerable",
+    }
+)  # fmt: skip
+"""Non-answers, as :func:`is_non_answer` compares them (lowercase, punctuation -> space, articles kept)."""
+
+
+def is_non_answer(text: str | None) -> bool:
+    """Whether ``text`` says it gives no answer ("n/a", "N.A.", "None.", "Unknown", "I don't know").
+
+    Compared before articles are dropped: :func:`normalize_tokens` turns "n/a" into "n", a "no" synonym.
+    """
+    if text is None:
+        return False
+    raw = _strip_answer_lead_in(unicodedata.normalize("NFKC", str(text)).strip())
+    return " ".join(_N_SLASH_A.sub("na", raw.lower()).translate(_PUNCT_TABLE).split()) in NON_ANSWERS
+
+
+def _starts_with_non_answer(text: str) -> bool:
+    """Whether the first words of ``text`` (up to 6, split at whitespace) are a non-answer."""
+    words = unicodedata.normalize("NFKC", str(text)).split()
+    return any(is_non_answer(" ".join(words[:k])) for k in range(1, min(len(words), 6) + 1))
 
 
 def _polarity(tokens: list[str]) -> str | None:
@@ -453,10 +489,13 @@ def score_closed(pred: str, gt: str) -> float:
     A ground truth that normalizes (:func:`normalize_tokens`) to one yes/no word needs a
     prediction that is one word of the same synonym set ("Yes.", "true"); anything longer ("yes
     or no", "yes, there is a mass", "not yes") is wrong. If ``gt`` is no yes/no word the
-    normalized token lists must be equal.
+    normalized token lists must be equal. A non-answer (:func:`is_non_answer`: "n/a", "unknown")
+    on either side scores 0.0.
     """
     if pred is None or gt is None:
         return 0.0
+    if is_non_answer(pred) or is_non_answer(gt):
+        return 0.0  # "n/a", "unknown": no polarity, and no answer to match
     gt_tokens = normalize_tokens(gt)
     pred_tokens = normalize_tokens(pred)
     want = _polarity(gt_tokens)
@@ -501,6 +540,8 @@ def lenient_accuracy(pred: str | None, gt: str, question_type: str | None = None
     gt_tokens = normalize_tokens(gt)
     pred_tokens = normalize_tokens(pred)
     if question_type == "closed":
+        if is_non_answer(gt) or _starts_with_non_answer(pred):
+            return 0.0
         want = _polarity(gt_tokens)
         if want is not None:
             return float(bool(pred_tokens) and _polarity(pred_tokens[:1]) == want)

@@ -9,6 +9,7 @@ from hypothesis import strategies as st
 
 from medvr_verl.scoring import (
     DEFAULT_FORMAT_WEIGHT,
+    NON_ANSWERS,
     NO_WORDS,
     YES_WORDS,
     accuracy,
@@ -16,6 +17,7 @@ from medvr_verl.scoring import (
     extract_answer,
     format_reward,
     infer_question_type,
+    is_non_answer,
     lenient_accuracy,
     normalize_text,
     normalize_tokens,
@@ -647,3 +649,55 @@ def test_multiple_choice_naming_two_options_is_wrong(letters, sep):
     pred = sep.join(letters)
     for gt in letters:
         assert score_multiple_choice(pred, gt, options) == 0.0
+
+
+# ------------------------------------------------------------------------------------------------
+# Non-answers (issue 20 item 5): "n/a" is no answer, never "no" ("n a" -> article "a" dropped -> "n")
+# ------------------------------------------------------------------------------------------------
+
+NON_ANSWER_TEXTS = [
+    "n/a", "N/A", "n.a.", "N. A.", "na", "NA.", "none", "None.", "unknown", "Unknown", "not sure",
+    "I don't know", "idk", "not applicable", "cannot be determined", "The answer is n/a", "Answer: unknown",
+    "nan", "null", "no idea", "uncertain",
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("text", NON_ANSWER_TEXTS)
+def test_non_answers_are_never_yes_or_no(text):
+    assert is_non_answer(text)
+    for gt in ("no", "yes", "No", "YES"):
+        assert score_closed(text, gt) == 0.0
+        assert accuracy(text, gt, None) == 0.0 and accuracy(text, gt, "closed") == 0.0
+        assert lenient_accuracy(text, gt, "closed") == 0.0
+        assert lenient_accuracy(f"{text}, it is not visible", gt, "closed") == 0.0
+        answer = f"<think>hard to say</think><answer>{text}</answer>"
+        assert compute_score("vqa_rad", answer, gt, {"question_type": "closed"})["acc"] == 0.0
+        assert compute_score("vqa_rad", answer, gt, None)["acc"] == 0.0
+    # a non-answer ground truth pays nothing either, a non-answer prediction included
+    assert score_closed("no", text) == 0.0 and score_closed("yes", text) == 0.0 and score_closed(text, text) == 0.0
+
+
+def test_n_slash_a_is_one_word():
+    assert normalize_tokens("n/a") == normalize_tokens("N.A.") == normalize_tokens("na") == ["na"]
+    # "n" alone stays the "no" synonym, and a comma is no slash
+    assert score_closed("n", "no") == 1.0 and score_closed("N.", "no") == 1.0
+    assert normalize_tokens("N, a mass") == ["n", "mass"]
+
+
+@pytest.mark.parametrize("text", ["no", "No.", "yes", "nope", "none of the above", "nodule", "Nan Li", "unknown mass"])
+def test_answers_are_not_non_answers(text):
+    assert not is_non_answer(text)
+
+
+def test_non_answer_list_is_normalised():
+    # the set holds is_non_answer's own normal form, so every entry is reachable
+    assert all(is_non_answer(entry) for entry in NON_ANSWERS)
+
+
+def test_open_and_multiple_choice_keep_exact_match():
+    # an open question whose answer is "none" ("Which lesion is present?") still scores by exact match
+    assert score_open("None.", "none") == 1.0 and score_open("n/a", "no") == 0.0
+    # an option whose text is a non-answer stays a choice
+    options = {"A": "CT", "B": "None of the above"}
+    assert score_multiple_choice("None of the above", "B", options) == 1.0
+    assert score_multiple_choice("n/a", "A", options) == 0.0
