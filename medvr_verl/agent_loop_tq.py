@@ -61,16 +61,16 @@ from verl.trainer.ppo.v1.agent_loop_tq import AgentLoopManagerTQ, AgentLoopWorke
 
 from medvr_verl.agent_loop import BUDGET_OVERFLOW_KEY, RUNTIME_KWARGS, TRAJECTORY_STORE, cut_fork_state
 from medvr_verl.config_check import check_settings
-from medvr_verl.entropy import decide_fork, fill_forks, qualifies
+from medvr_verl.entropy import decide_fork, fill_forks, keyed_rng, prompt_key, qualifies
 from medvr_verl.reward_manager import GROUP_EXPECTED_KEY
 from medvr_verl.rollout import (
-    EVRSettings,
     call_delta_h,
     group_reward_data,
     is_medvr_agent,
     plan_group_forks,
     record_fork_stats,
 )
+from medvr_verl.settings import EVRSettings
 from medvr_verl.tools.image_io import OriginalImages
 from medvr_verl.trajectory import FORK_KEY, RECORD_KEY, record_of
 
@@ -108,8 +108,12 @@ class _EVRGroup:
 
     streaming = False
 
-    def __init__(self, uid: str, size: int, worker: MedVRAgentLoopWorkerTQ, stats: dict[str, list[float]]):
+    def __init__(
+        self, uid: str, size: int, worker: MedVRAgentLoopWorkerTQ, stats: dict[str, list[float]], rng_key: tuple
+    ):
         self.size = size
+        self.rng_key = rng_key
+        """``(seed, global step, prompt key)``: every draw of this group is keyed by it (:func:`keyed_rng`)."""
         self.num_base = math.ceil(size / 2)
         self.base_keys = [f"{uid}/base{i}" for i in range(self.num_base)]
         self._worker = worker
@@ -136,7 +140,8 @@ class _EVRGroup:
         states = [None if isinstance(r, BaseException) else r for r in results]
         worker = self._worker
         self._stats.setdefault("evr/streamed_forks", [0.0])
-        return plan_group_forks(states, self.size - self.num_base, worker.evr, worker.evr_rng, self._stats)
+        rng = keyed_rng(*self.rng_key, "plan")
+        return plan_group_forks(states, self.size - self.num_base, worker.evr, rng, self._stats)
 
     def close(self) -> None:
         for key in self.base_keys:
@@ -156,8 +161,8 @@ class _StreamingEVRGroup(_EVRGroup):
 
     streaming = True
 
-    def __init__(self, uid, size, worker, stats, spawn):
-        super().__init__(uid, size, worker, stats)
+    def __init__(self, uid, size, worker, stats, rng_key, spawn):
+        super().__init__(uid, size, worker, stats, rng_key)
         self._spawn = spawn  # spawn(session_id, kwargs): start a session task now
         self._next_session = self.num_base
         self._candidates: list[tuple[int, int, float]] = []  # (base, call, dH) in generation order
@@ -172,7 +177,8 @@ class _StreamingEVRGroup(_EVRGroup):
 
     def _on_zoom_call(self, base: int, agent_data, call: int) -> None:
         """``medvr_agent``'s hook, right after base ``base`` generated zoom call ``call``."""
-        evr, rng = self._worker.evr, self._worker.evr_rng
+        evr = self._worker.evr
+        rng = keyed_rng(*self.rng_key, "call", base, call)  # the same decision whichever base comes first
         dh = call_delta_h(record_of(agent_data.extra_fields), call, evr)
         self._candidates.append((base, call, dh))
         if not decide_fork(dh, p_base=evr.p_base, gamma=evr.gamma, threshold=evr.threshold, rng=rng):
@@ -196,13 +202,18 @@ class _StreamingEVRGroup(_EVRGroup):
         evr = self._worker.evr
         left = self.size - self._next_session
         if left > 0:
-            alive = [i for i, (b, _, _) in enumerate(self._candidates) if finals[b] is not None]
+            # in (base, call) order, not arrival order: the fallback's draws do not depend on timing
+            alive = sorted(
+                (i for i, (b, _, _) in enumerate(self._candidates) if finals[b] is not None),
+                key=lambda i: self._candidates[i][:2],
+            )
             local = {i: j for j, i in enumerate(alive)}
             chosen = [local[i] for i in self._chosen if i in local]
             dhs = [self._candidates[i][2] for i in alive]
-            plan = fill_forks(
-                chosen, dhs, len(chosen) + left, gamma=evr.gamma, fallback=evr.fallback, rng=self._worker.evr_rng
-            )[len(chosen) :]
+            rng = keyed_rng(*self.rng_key, "fallback")
+            plan = fill_forks(chosen, dhs, len(chosen) + left, gamma=evr.gamma, fallback=evr.fallback, rng=rng)[
+                len(chosen) :
+            ]
             for j in plan:
                 if j is None:  # a fresh, unforked sample
                     session_id, self._next_session = self._next_session, self._next_session + 1
@@ -237,7 +248,7 @@ class MedVRAgentLoopWorkerTQ(_AgentLoopWorkerTQ):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.evr = EVRSettings.from_config(self.config)
-        self.evr_rng = random.Random(self.evr.seed)
+        self.evr_seed = evr_seed(self.config)
         self.group_reward = scores_groups(self.config) and self.reward_loop_worker_handles is not None
         self._groups: dict[str, _PromptGroup] = {}
         custom = self.config.actor_rollout_ref.rollout.get("custom", None) or {}
@@ -274,10 +285,11 @@ class MedVRAgentLoopWorkerTQ(_AgentLoopWorkerTQ):
                 tasks.append(asyncio.create_task(coro))
 
             if self._forks_group(prompt, n, validate, medvr_prompt):
+                rng_key = (self.evr_seed, _plain_int(prompt.get("global_steps")), evr_prompt_key(prompt))
                 if self.evr.mode == "streaming":
-                    evr_group = _StreamingEVRGroup(uid, n, self, group.stats, spawn)
+                    evr_group = _StreamingEVRGroup(uid, n, self, group.stats, rng_key, spawn)
                 else:
-                    evr_group = _EVRGroup(uid, n, self, group.stats)
+                    evr_group = _EVRGroup(uid, n, self, group.stats, rng_key)
             if isinstance(evr_group, _StreamingEVRGroup):
                 for i in range(evr_group.num_base):
                     spawn(i, evr_group.session_kwargs_for_base(i))
@@ -438,6 +450,27 @@ def _row_tag(output: AgentLoopOutput) -> dict[str, float]:
     tag["fork"] = float(output.extra_fields.get(FORK_KEY) is not None)
     tag["budget_overflow"] = float(bool(output.extra_fields.get(BUDGET_OVERFLOW_KEY)))
     return tag
+
+
+def evr_seed(config) -> int:
+    """``rollout.custom.evr.seed``, or veRL's ``actor_rollout_ref.rollout.seed`` when it is null."""
+    seed = EVRSettings.from_config(config).seed
+    if seed is None:
+        seed = config.actor_rollout_ref.rollout.get("seed", 0)
+    return int(seed or 0)
+
+
+def evr_prompt_key(prompt: dict) -> str:
+    """A prompt's identity across steps and runs (:func:`medvr_verl.entropy.prompt_key`; not the uid,
+    which veRL draws anew every step)."""
+    return prompt_key(prompt.get("index"), prompt.get("raw_prompt"))
+
+
+def _plain_int(value) -> int:
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return -1
 
 
 async def _settle(tasks: list[asyncio.Task]) -> list[BaseException]:

@@ -37,12 +37,19 @@ uncertainty: continue a single trajectory"); ``"top_dh"`` (ours) deals them roun
 chosen calls, or over all calls by decreasing ``dH`` when none was chosen (random order at
 ``gamma = 0``).
 
+Randomness (:func:`keyed_rng`): every draw of the rollout workers comes from a generator that is a
+pure function of ``(seed, training step, prompt, base, call)``, never from state carried between
+steps, so a run resumed from a checkpoint makes the fork decisions an uninterrupted run makes, and a
+decision does not depend on which base reached its zoom call first.
+
 Imports neither veRL nor torch.
 """
 
 from __future__ import annotations
 
+import hashlib
 import math
+import random
 from collections.abc import Sequence
 
 TOKEN_ENTROPY_KEY = "token_entropy"
@@ -208,7 +215,41 @@ def plan_forks(
     if num_forks <= 0:
         return []
     order = fallback_order(delta_hs, gamma, rng)
-    chosen = [
-        c for c in order if decide_fork(delta_hs[c], p_base=p_base, gamma=gamma, threshold=threshold, rng=rng)
-    ]
+    chosen = [c for c in order if decide_fork(delta_hs[c], p_base=p_base, gamma=gamma, threshold=threshold, rng=rng)]
     return fill_forks(chosen, delta_hs, num_forks, gamma=gamma, fallback=fallback, rng=rng)
+
+
+def keyed_rng(*key: object) -> random.Random:
+    """A ``random.Random`` whose stream is a pure function of ``key`` (ints and strings).
+
+    Seeded with the first 8 bytes of SHA-256 of ``repr(key)``: stable across processes, runs and
+    Python versions (unlike ``hash()``, which is salted per process). EVR keys its draws with
+    ``(seed, global step, prompt key, purpose, ...)``, so no generator state needs saving in a checkpoint.
+    """
+    digest = hashlib.sha256(repr(tuple(key)).encode("utf-8")).digest()
+    return random.Random(int.from_bytes(digest[:8], "big"))
+
+
+def prompt_key(index: object, messages: object) -> str:
+    """A prompt's identity for :func:`keyed_rng`: its dataset ``index`` and a digest of its text.
+
+    veRL's V1 trainer gives each prompt a fresh random ``uid`` per step, so the uid cannot key
+    reproducible draws. ``messages`` is the chat (``raw_prompt``: dicts with ``role`` and ``content``,
+    a string or a list of parts); only text parts count (images are data, not identity). ``index``
+    (``extra_info.index``, a number or a 0-d tensor) may be missing or shared: the text tells prompts apart.
+    """
+    parts = []
+    for message in messages if isinstance(messages, (list, tuple)) else []:
+        if not isinstance(message, dict):
+            continue
+        content = message.get("content")
+        texts = [content] if isinstance(content, str) else []
+        if isinstance(content, (list, tuple)):
+            texts = [p.get("text") for p in content if isinstance(p, dict) and isinstance(p.get("text"), str)]
+        parts.append(f"{message.get('role')}:" + "\x1f".join(texts))
+    try:
+        index = int(index)  # type: ignore[call-overload]
+    except (TypeError, ValueError):
+        index = None
+    digest = hashlib.sha256("\x1e".join(parts).encode("utf-8")).hexdigest()[:16]
+    return f"{index}/{digest}"

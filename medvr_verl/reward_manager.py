@@ -37,10 +37,8 @@ from __future__ import annotations
 import inspect
 import json
 import logging
-import math
 import os
 import uuid
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -49,9 +47,9 @@ from verl.experimental.reward_loop.reward_manager import register
 from verl.experimental.reward_loop.reward_manager.base import RewardManagerBase
 
 from medvr_verl import scoring
-from medvr_verl.composite import TOOL_REWARD_VARIANTS, GroupRewards, MemberOutcome, group_rewards
-from medvr_verl.consensus import DEFAULT_QUORUM, QUORUM_RULES
-from medvr_verl.tool_calls import DEFAULT_TOOL_NAME, trajectory_boxes
+from medvr_verl.composite import GroupRewards, MemberOutcome, group_rewards
+from medvr_verl.settings import CCARewardSettings  # noqa: F401  (typed options; re-exported here)
+from medvr_verl.tool_calls import trajectory_boxes
 
 logger = logging.getLogger(__name__)
 logger.setLevel(os.getenv("VERL_LOGGING_LEVEL", "WARN"))
@@ -61,52 +59,6 @@ GROUP_REWARDS_KEY = "medvr_group_rewards"
 GROUP_EXPECTED_KEY = "medvr_group_expected"
 """meta_info key: how many members the group should have had (fewer arrived: a partial group)."""
 VALIDATION_SPLITS = frozenset({"test", "val", "valid", "validation", "eval", "dev"})
-
-
-@dataclass(frozen=True)
-class CCARewardSettings:
-    """``reward.reward_kwargs`` of the ``medvr_cca`` manager, validated."""
-
-    tool_reward: str = "consensus"
-    eta: float = 0.5
-    w_tool: float = 1.0
-    format_weight: float = 0.1
-    format_mode: str = "penalty"
-    tool_name: str = DEFAULT_TOOL_NAME
-    group_size: int | None = None
-    group_timeout_s: float = 600.0
-    quorum: str = DEFAULT_QUORUM
-
-    def __post_init__(self):
-        if self.tool_reward not in TOOL_REWARD_VARIANTS:
-            raise ValueError(
-                f"reward.reward_kwargs.tool_reward must be one of {TOOL_REWARD_VARIANTS}, got {self.tool_reward!r}"
-            )
-        if not 0.0 <= self.eta <= 1.0:
-            raise ValueError(f"reward.reward_kwargs.eta must lie in [0, 1], got {self.eta}")
-        if not math.isfinite(self.w_tool) or not math.isfinite(self.format_weight):
-            raise ValueError("reward.reward_kwargs.w_tool and format_weight must be finite numbers")
-        if self.format_mode not in scoring.FORMAT_MODES:
-            raise ValueError(
-                f"reward.reward_kwargs.format_mode must be one of {scoring.FORMAT_MODES}, got {self.format_mode!r}"
-            )
-        if self.format_weight < 0:
-            raise ValueError(f"reward.reward_kwargs.format_weight must be >= 0, got {self.format_weight}")
-        if self.group_size is not None and self.group_size < 1:
-            raise ValueError(f"reward.reward_kwargs.group_size must be >= 1 or null, got {self.group_size}")
-        if not self.group_timeout_s > 0:
-            raise ValueError(f"reward.reward_kwargs.group_timeout_s must be > 0, got {self.group_timeout_s}")
-        if self.quorum not in QUORUM_RULES:
-            raise ValueError(f"reward.reward_kwargs.quorum must be one of {QUORUM_RULES}, got {self.quorum!r}")
-
-    @classmethod
-    def from_config(cls, config) -> CCARewardSettings:
-        kwargs = dict(config.reward.get("reward_kwargs", None) or {})
-        known = set(cls.__dataclass_fields__)
-        unknown = sorted(set(kwargs) - known)
-        if unknown:  # a typo would silently keep a default: say so (other managers' keys may sit here too)
-            logger.warning("medvr_cca ignores reward.reward_kwargs %s; its options are %s", unknown, sorted(known))
-        return cls(**{k: v for k, v in kwargs.items() if k in known})
 
 
 @register("medvr_cca")

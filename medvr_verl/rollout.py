@@ -20,7 +20,6 @@ import math
 import os
 import random
 from collections import Counter
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -38,8 +37,9 @@ from verl.utils.ray_utils import auto_await
 from verl.utils.skip import SkipManager
 
 from medvr_verl.agent_loop import RUNTIME_KWARGS, TRAJECTORY_STORE, MedVRAgentLoop
-from medvr_verl.entropy import FALLBACKS, delta_h, plan_forks, qualifies
+from medvr_verl.entropy import delta_h, keyed_rng, plan_forks, prompt_key, qualifies
 from medvr_verl.reward_manager import GROUP_META_KEY, GROUP_REWARDS_KEY
+from medvr_verl.settings import EVR_MODES, EVRSettings  # noqa: F401  (re-exported: medvr_verl.rollout.EVRSettings)
 from medvr_verl.trajectory import RECORD_KEY, record_of
 
 EVR_SLOT_KEY = "medvr_evr_slot"
@@ -135,6 +135,7 @@ class GroupAgentLoopWorker(AgentLoopWorker):
         for (output, _), member in zip(members, per_member):
             output.reward_score = member["reward_score"]
             output.extra_fields["reward_extra_info"] = member["reward_extra_info"]
+
 
 def group_reward_data(members: list[tuple[AgentLoopOutput, dict]]) -> DataProto:
     """The group as veRL's reward loop expects it: left-padded prompts, right-padded responses.
@@ -265,73 +266,12 @@ def merge_worker_stats(per_worker: list[dict[str, list[float]]]) -> dict[str, fl
 # --------------------------------------------------------------------------------------------------
 
 
-EVR_MODES = ("streaming", "two_phase")
-
-
-@dataclass(frozen=True)
-class EVRSettings:
-    """``actor_rollout_ref.rollout.custom.evr``: the paper's EVR switches (defaults: the paper's where it
-    states one, ours where it is silent; see README)."""
-
-    enable: bool = True
-    gamma: float = 0.5
-    """Slope of the branch probability in ``dH`` (nats); 0 gives random branching at ``p_base``."""
-    p_base: float = 0.2
-    threshold: float = 0.1
-    """``dH`` (nats) above which a zoom call qualifies as a fork point."""
-    base_tokens: int = 32
-    """``H_base``: mean entropy of this many first response tokens."""
-    tool_window: int = 4
-    """``H_tool``: rolling window (tokens) over a zoom call's coordinate tokens."""
-    top_k: int = 20
-    """Logprobs per token the ``medvr_vllm`` server asks the engine for."""
-    seed: int | None = None
-    mode: str = "streaming"
-    """V1 worker: ``streaming`` (each base zoom call decided when generated, a chosen fork starts at
-    once while its base goes on; the paper's "fork the generation state") or ``two_phase`` (forks
-    planned after all bases finished). The legacy managers always plan in two phases."""
-    fallback: str = "fresh"
-    """Fork slots no chosen call took: ``fresh`` (default: fresh independent samples, the paper's "low
-    uncertainty -> continue a single trajectory") or ``top_dh`` (ours: forks at the chosen calls,
-    else at the highest-``dH`` calls, so every group keeps half its budget as forks)."""
-    mask_fork_prefix: bool = False
-    """``response_mask`` 0 on the response prefix a fork shares with its base (the paper is silent;
-    ours: off, each row trains its whole response as a fresh sample would)."""
-
-    def __post_init__(self):
-        if self.mode not in EVR_MODES:
-            raise ValueError(f"rollout.custom.evr.mode must be one of {EVR_MODES}, got {self.mode!r}")
-        if self.fallback not in FALLBACKS:
-            raise ValueError(f"rollout.custom.evr.fallback must be one of {FALLBACKS}, got {self.fallback!r}")
-        if not isinstance(self.mask_fork_prefix, bool):
-            raise ValueError(
-                f"rollout.custom.evr.mask_fork_prefix must be true or false, got {self.mask_fork_prefix!r}"
-            )
-        if not 0.0 <= self.p_base <= 1.0:
-            raise ValueError(f"rollout.custom.evr.p_base must lie in [0, 1], got {self.p_base}")
-        if self.gamma < 0 or not math.isfinite(self.gamma):
-            raise ValueError(f"rollout.custom.evr.gamma must be a finite number >= 0, got {self.gamma}")
-        for name in ("base_tokens", "tool_window", "top_k"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"rollout.custom.evr.{name} must be >= 1, got {getattr(self, name)}")
-
-    @classmethod
-    def from_config(cls, config) -> EVRSettings:
-        custom = config.actor_rollout_ref.rollout.get("custom", None) or {}
-        evr = dict(custom.get("evr", None) or {})
-        unknown = set(evr) - set(cls.__dataclass_fields__)
-        if unknown:
-            raise ValueError(
-                f"unknown rollout.custom.evr options {sorted(unknown)}; known: {sorted(cls.__dataclass_fields__)}"
-            )
-        return cls(**evr)
-
-
 class _EVRGroup:
     """One prompt's budget: ``num_base`` base samples first, then forks from their zoom calls."""
 
-    def __init__(self, uid: str, size: int):
+    def __init__(self, uid: str, size: int, rng_key: tuple = ()):
         self.size = size
+        self.rng_key = rng_key  # (seed, global step, prompt key): see medvr_verl.entropy.keyed_rng
         self.num_base = math.ceil(size / 2)
         self.base_keys = [f"{uid}/base{i}" for i in range(self.num_base)]
         self.plan: asyncio.Task | None = None
@@ -408,7 +348,8 @@ class EVRAgentLoopWorker(GroupAgentLoopWorker):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.evr = EVRSettings.from_config(self.config)
-        self._rng = random.Random(self.evr.seed)
+        seed = self.evr.seed if self.evr.seed is not None else self.config.actor_rollout_ref.rollout.get("seed", 0)
+        self._seed = int(seed or 0)
         self._evr_groups: dict[str, _EVRGroup] = {}
         self._evr_stats: dict[str, list[float]] = {}
 
@@ -428,7 +369,12 @@ class EVRAgentLoopWorker(GroupAgentLoopWorker):
             default = self.rollout_config.agent.default_agent_loop
             name = agent_names[first_row[uid]] if agent_names is not None else default
             if size > 1 and is_medvr_agent(name):
-                groups[uid] = _EVRGroup(uid, size)
+                row = first_row[uid]
+                index = batch.non_tensor_batch["index"][row] if "index" in batch.non_tensor_batch else None
+                raw = batch.non_tensor_batch["raw_prompt"][row] if "raw_prompt" in batch.non_tensor_batch else None
+                step = batch.meta_info.get("global_steps")
+                step = int(step) if isinstance(step, (int, np.integer)) else -1
+                groups[uid] = _EVRGroup(uid, size, (self._seed, step, prompt_key(index, raw)))
             elif size > 1:
                 logger.warning("EVR needs agent loop 'medvr_agent'; group %s uses %r and runs unforked", uid, name)
         for group in groups.values():
@@ -474,7 +420,8 @@ class EVRAgentLoopWorker(GroupAgentLoopWorker):
     async def _plan_group(self, group: _EVRGroup) -> list[tuple[int, int] | None]:
         """Wait for the base trajectories, then pick each fork's ``(base, call)`` (``None``: fresh)."""
         states = await asyncio.gather(*[TRAJECTORY_STORE.expect(key) for key in group.base_keys])
-        return plan_group_forks(states, group.size - group.num_base, self.evr, self._rng, self._evr_stats)
+        rng = keyed_rng(*group.rng_key, "plan")  # no generator state between steps: a resumed run draws alike
+        return plan_group_forks(states, group.size - group.num_base, self.evr, rng, self._evr_stats)
 
 
 class EVRAgentLoopManager(GroupAgentLoopManager):

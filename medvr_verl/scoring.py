@@ -237,7 +237,7 @@ _ANSWER_LEAD_INS = (
 
 
 def _canonical_number(token: str) -> str | None:
-    """"3.50" -> "3.5", "03" -> "3", "3.0" -> "3"; None when ``token`` is not a plain decimal."""
+    """ "3.50" -> "3.5", "03" -> "3", "3.0" -> "3"; None when ``token`` is not a plain decimal."""
     whole, dot, frac = token.partition(".")
     if not whole.isdigit() or not whole.isascii() or (dot and not (frac.isdigit() and frac.isascii())):
         return None
@@ -473,7 +473,7 @@ def _starts_with_non_answer(text: str) -> bool:
 
 
 def _polarity(tokens: list[str]) -> str | None:
-    """"yes" / "no" for a one-word answer from either synonym set, else None."""
+    """ "yes" / "no" for a one-word answer from either synonym set, else None."""
     if len(tokens) != 1:
         return None
     if tokens[0] in YES_WORDS:

@@ -284,7 +284,7 @@ def test_v1_fresh_fallback_and_masked_fork_prefix(ray_session, tiny_model_path, 
     shared = next(i for i, (a, b) in enumerate(zip(fork_ids, base_ids)) if a != b)
     assert 0 < first_trained <= shared  # only tokens it shares with its base are masked
     assert sum(base_mask[:first_trained]) == first_trained  # ... which its base trains
-    assert sum(fork_mask) > 0 and fork_mask[first_trained:shared + 1].count(1) >= 1
+    assert sum(fork_mask) > 0 and fork_mask[first_trained : shared + 1].count(1) >= 1
     for _, pos in (group[0], group[1], group[3]):  # bases and the fresh sample train their whole turns
         mask, _ = mask_and_ids(pos)
         assert mask[0] == 1
@@ -373,3 +373,59 @@ def test_v1_refuses_what_cannot_work_before_step_one(tiny_model_path):
     check_settings(config, reward_workers=True)
     with pytest.raises(MedVRSettingsError, match="tool_reward=consensus"):
         check_settings(config, reward_workers=False)
+
+
+# ---- issue 20 item 3: EVR's draws keyed by (seed, step, prompt): a resumed run decides as an
+# uninterrupted one ----------------------------------------------------------------------------------
+
+# gamma 0: random branching, every zoom call forks with p_base; the paper's fallback (fresh)
+EVR_RANDOM = "+actor_rollout_ref.rollout.custom={evr: {gamma: 0.0, p_base: 0.5, seed: 7}}"
+
+
+def _fork_counts_per_step(config, tiny_model_path, reward_workers, steps, samples):
+    """One manager (one worker process) rolling out ``steps`` in order, as PPOTrainer does between a
+    start or a resume and the end; per step, each prompt's number of forks (in ``samples`` order)."""
+    import uuid
+
+    import ray
+    import transfer_queue as tq
+    from omegaconf import OmegaConf
+
+    from medvr_verl.testing.harness import ensure_ray, register_prompts_v1, sync_replay_buffer
+
+    ensure_ray()
+    tq.init(OmegaConf.create({"backend": {"SimpleStorage": {"num_data_storage_units": 1}}}))
+    client = ScriptedLLMClient(config, script=EVRScript(tiny_model_path))
+    manager = MedVRAgentLoopManagerTQ.create(
+        config=config, llm_client=client, teacher_client=None, reward_loop_worker_handles=reward_workers
+    )
+    counts = []
+    try:
+        for step in steps:
+            uids = [str(uuid.uuid4()) for _ in samples]  # veRL draws new uids every step
+            manager.generate_sequences(register_prompts_v1(samples, global_steps=step, uids=uids))
+            meta, _ = sync_replay_buffer().sample(global_steps=step, partition_id="train", batch_size=len(samples))
+            rows = tq.kv_batch_get(keys=meta.keys, partition_id="train")
+            tq.kv_clear(keys=meta.keys, partition_id="train")
+            groups = _by_uid(meta)
+            assert all(len(groups[uid]) == 4 for uid in uids)
+            counts.append(
+                [sum(rows["extra_fields"][p]["medvr_fork"] is not None for _, p in groups[uid]) for uid in uids]
+            )
+    finally:
+        for worker in manager.agent_loop_workers:
+            ray.kill(worker)
+    return counts
+
+
+def test_v1_evr_decisions_of_a_resumed_run_are_the_uninterrupted_runs(ray_session, tiny_model_path, reward_workers):
+    """Steps 1 and 2 in one worker against step 2 alone in a fresh worker (a run resumed at step 2):
+    the same forks per prompt. Before, the worker's generator restarted from the seed, so a resumed
+    run replayed step 1's decisions."""
+    config = cca_config(tiny_model_path, EVR_RANDOM, num_workers=1)
+    samples = _samples(4)
+    step1, step2 = _fork_counts_per_step(config, tiny_model_path, reward_workers, [1, 2], samples)
+    (resumed,) = _fork_counts_per_step(config, tiny_model_path, reward_workers, [2], samples)
+    assert resumed == step2
+    assert step1 != step2  # the step keys the draws (so replaying step 1 would show)
+    assert 0 < sum(step1 + step2) < 2 * 2 * len(samples)  # random branching: some calls fork, some not

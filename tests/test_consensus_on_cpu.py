@@ -268,9 +268,7 @@ def test_lone_correct_zoomer_and_its_opposite():
 
 
 def test_paper_quorum_without_any_box():
-    assert consensus_credit([[], []], [True, True], quorum="correct") == CCAResult(
-        [0.0, 0.0], [None, None], 2, []
-    )
+    assert consensus_credit([[], []], [True, True], quorum="correct") == CCAResult([0.0, 0.0], [None, None], 2, [])
 
 
 @pytest.mark.parametrize("quorum", ["paper", "", None, 1, ["correct"], "Correct"])

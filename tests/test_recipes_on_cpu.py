@@ -10,9 +10,9 @@ from hydra import compose, initialize_config_module
 from hydra.core.global_hydra import GlobalHydra
 from omegaconf import OmegaConf
 from verl.trainer.ppo.utils import need_critic, need_reference_policy
-from verl.utils.config import omega_conf_to_dataclass, validate_config
 from verl.trainer.ppo.v1 import AgentLoopManagerTQ
 from verl.trainer.ppo.v1.replay_buffer import ReplayBuffer
+from verl.utils.config import omega_conf_to_dataclass, validate_config
 from verl.utils.import_utils import load_class_from_fqn, load_extern_type
 
 from medvr_verl.reward_manager import CCARewardSettings
@@ -177,6 +177,9 @@ def test_recipe_settings_pass_the_driver_check(name, tiny_model_path):
         ("+actor_rollout_ref.rollout.custom.evr.gama=0.3", "unknown rollout.custom.evr options ['gama']"),
         ("trainer.v1.trainer_mode=colocate_async", "evr.enable=false"),
         ("~data.mm_processor_kwargs.min_pixels", "needs both min_pixels and max_pixels"),
+        # refused, no longer only warned (issue 19 item 4); EVR with nothing to fork (issue 20 item 3)
+        ("+reward.reward_kwargs.quorom=correct", "options ['quorom'] (did you mean 'quorum' for 'quorom'?)"),
+        ("actor_rollout_ref.rollout.n=1", "set actor_rollout_ref.rollout.n=2 or more"),
     ],
 )
 def test_main_ppo_stops_in_the_driver_on_a_bad_setting(override, message):
@@ -195,16 +198,17 @@ def _main_ppo(config_path, override, cwd=None):
 
 
 def test_relative_config_path_from_a_checkout_root(tmp_path):
-    """--config-path=recipes/medvr works from the folder holding recipes/ (this plugin's Hydra
-    search-path plugin); elsewhere Hydra's own error stays."""
+    """--config-path=./recipes/medvr (or recipes/medvr) works from the folder holding recipes/ (this
+    plugin's Hydra search-path plugin); elsewhere Hydra's own error stays, after a line naming pkg://."""
     import shutil
 
     shutil.copytree(resources.files("medvr_verl.recipes.medvr"), tmp_path / "recipes" / "medvr")
     bad = "reward.reward_kwargs.tool_reward=consensuss"  # composed, then stopped by the driver check
-    result = _main_ppo("--config-path=recipes/medvr", bad, cwd=tmp_path)
+    result = _main_ppo("--config-path=./recipes/medvr", bad, cwd=tmp_path)
     assert result.returncode == 1 and "tool_reward must be one of" in result.stderr
     result = _main_ppo("--config-path=recipes/medvr", bad, cwd=tmp_path / "recipes")
     assert result.returncode == 1 and "Primary config directory not found" in result.stderr
+    assert "--config-path=pkg://medvr_verl.recipes.medvr" in result.stderr  # the plugin's hint
 
 
 # ---- issue 13 item 6: 64 training rounds are 64 steps, whatever the size of the training set -------

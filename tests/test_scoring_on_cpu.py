@@ -9,8 +9,8 @@ from hypothesis import strategies as st
 
 from medvr_verl.scoring import (
     DEFAULT_FORMAT_WEIGHT,
-    NON_ANSWERS,
     NO_WORDS,
+    NON_ANSWERS,
     YES_WORDS,
     accuracy,
     compute_score,
