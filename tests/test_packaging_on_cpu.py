@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-import tomllib
 import zipfile
 from pathlib import Path
+
+import tomllib
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -16,7 +17,9 @@ def _project():
 def test_every_package_folder_is_listed():
     listed = set(_project()["tool"]["setuptools"]["packages"])
     found = {".".join(p.parent.relative_to(REPO).parts) for p in (REPO / "medvr_verl").rglob("__init__.py")}
-    found |= {"medvr_verl." + ".".join(p.parent.relative_to(REPO).parts) for p in (REPO / "recipes").rglob("__init__.py")}
+    found |= {
+        "medvr_verl." + ".".join(p.parent.relative_to(REPO).parts) for p in (REPO / "recipes").rglob("__init__.py")
+    }
     assert found == listed
 
 
@@ -27,7 +30,17 @@ def test_one_version_and_the_pinned_verl():
     assert project["dynamic"] == ["version"] and medvr_verl.__version__
     assert "verl[verl-core]==0.9.1" in project["dependencies"]
     assert project["optional-dependencies"]["vllm"] == ["verl[vllm]==0.9.1"]
-    assert not (REPO / "setup.py").exists() and (REPO / "LICENSE").read_text().lstrip().startswith("Apache License")
+    assert (REPO / "LICENSE").read_text().lstrip().startswith("Apache License")
+
+
+def test_setup_py_is_a_shim_without_metadata():
+    """setup.py exists for tools that call it, and holds no metadata: one ``setup()`` call, no arguments
+    (everything lives in pyproject.toml)."""
+    import ast
+
+    tree = ast.parse((REPO / "setup.py").read_text())
+    calls = [n for n in ast.walk(tree) if isinstance(n, ast.Call)]
+    assert [(c.func.id, c.args, c.keywords) for c in calls] == [("setup", [], [])]
 
 
 def test_wheel_ships_recipes_and_entry_point(tmp_path):
@@ -39,10 +52,28 @@ def test_wheel_ships_recipes_and_entry_point(tmp_path):
     ignore = shutil.ignore_patterns(".venv", ".git", "build", "*.egg-info", "__pycache__", "tests", "medvr_demo*")
     shutil.copytree(REPO, source, ignore=ignore)
     subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(tmp_path), str(source)],
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "-q",
+            "-w",
+            str(tmp_path),
+            str(source),
+        ],
         check=True,
     )
     (wheel,) = tmp_path.glob("medvr_verl-*.whl")
+    # the setup.py shim reads the same metadata from pyproject.toml
+    import medvr_verl
+
+    shim = subprocess.run(
+        [sys.executable, "setup.py", "--name", "--version"], cwd=source, capture_output=True, text=True, check=True
+    )
+    assert shim.stdout.split()[-2:] == ["medvr-verl", medvr_verl.__version__]
     names = zipfile.ZipFile(wheel).namelist()
     for path in (
         "medvr_verl/recipes/medvr/medvr.yaml",

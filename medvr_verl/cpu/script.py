@@ -3,7 +3,7 @@
 A random-weight model never writes a zoom call or an answer, so a demo or CI run of MedVR with the
 tiny model would exercise no tool, no fork and no consensus. Under ``rollout.custom.cpu.policy=
 scripted`` the server takes each turn's TEXT from a script (through
-:class:`medvr_verl.testing.scripted_server.ScriptedLLMClient`, which applies vLLM's token budget and
+:class:`medvr_verl.cpu.scripted_client.ScriptedLLMClient`, which applies vLLM's token budget and
 eos rules) and scores it with a real forward pass of the synced weights. Outputs say so
 (``extra_fields["medvr_cpu_policy"] == "scripted"``).
 
@@ -13,11 +13,16 @@ names its class by fully qualified name; it is built with no arguments).
 
 from __future__ import annotations
 
+import contextvars
 import importlib
 import json
 import re
 
 _BOX = re.compile(r'"bbox_2d": \[([^\]]*)\]')
+#: (width, height) of each image of the request being answered, as the model sees it (set by the
+#: rollout server around each scripted call; a script reads it). Here, not in the server module, so
+#: that the server imports its scripts and no script imports the server.
+IMAGE_SIZES: contextvars.ContextVar[list[tuple[int, int]]] = contextvars.ContextVar("medvr_cpu_image_sizes")
 
 
 class ZoomThenAnswer:
@@ -37,9 +42,7 @@ class ZoomThenAnswer:
         self._counters: dict[str, int] = {}
 
     def __call__(self, ctx):
-        from medvr_verl.cpu.server import IMAGE_SIZES
-        from medvr_verl.testing.scripted_server import ScriptedTurn
-        from medvr_verl.testing.scripting import is_fork_request, zoom_call
+        from medvr_verl.cpu.scripted_client import ScriptedTurn, is_fork_request, zoom_call
 
         sizes = IMAGE_SIZES.get([])
         width, height = sizes[0] if sizes else (56, 56)
@@ -76,7 +79,7 @@ def build_scripted_client(rollout_config, model_config, script_fqn: str):
     """A :class:`ScriptedLLMClient` choosing text with the script, budgeted like the rollout config."""
     from omegaconf import OmegaConf
 
-    from medvr_verl.testing.scripted_server import ScriptedLLMClient
+    from medvr_verl.cpu.scripted_client import ScriptedLLMClient
 
     config = OmegaConf.create(
         {

@@ -86,7 +86,6 @@ from verl.workers.rollout.llm_server import LLMServerClient
 from verl.workers.rollout.replica import TokenOutput
 
 __all__ = [
-    "CallRecorder",
     "DEFAULT_MARKER_PATTERN",
     "ScriptContext",
     "ScriptExhaustedError",

@@ -22,7 +22,7 @@ Policies (``rollout.custom.cpu.policy``):
   ids or the token budget vLLM would allow; vision placeholder tokens are never sampled.
 * ``scripted``: a stand-in for random-weight demos. A script (``rollout.custom.cpu.script``, default
   :class:`medvr_verl.cpu.script.ZoomThenAnswer`) writes the text through
-  :class:`medvr_verl.testing.scripted_server.ScriptedLLMClient`'s rules (token budget, eos); the
+  :class:`medvr_verl.cpu.scripted_client.ScriptedLLMClient`'s rules (token budget, eos); the
   log-probs and entropies are still a real forward pass of the synced weights over prompt, images
   and those tokens. Every output carries ``extra_fields["medvr_cpu_policy"] = "scripted"`` and the
   server logs ``[medvr_cpu SCRIPTED]`` for every sync.
@@ -31,7 +31,6 @@ Policies (``rollout.custom.cpu.policy``):
 from __future__ import annotations
 
 import asyncio
-import contextvars
 import hashlib
 import json
 import logging
@@ -42,6 +41,7 @@ from typing import Any
 
 import torch
 
+from medvr_verl.cpu.script import IMAGE_SIZES  # the scripts' view of a request's image sizes
 from medvr_verl.entropy import TOKEN_ENTROPY_KEY, topk_entropy
 
 logger = logging.getLogger(__name__)
@@ -51,8 +51,6 @@ DEFAULT_SCRIPT = "medvr_verl.cpu.script.ZoomThenAnswer"
 POLICY_FIELD = "medvr_cpu_policy"
 VISION_PLACEHOLDERS = ("<|vision_start|>", "<|vision_end|>", "<|vision_pad|>", "<|image_pad|>", "<|video_pad|>")
 
-#: (width, height) of each request's images as the model sees them, for scripts (set per request).
-IMAGE_SIZES: contextvars.ContextVar[list[tuple[int, int]]] = contextvars.ContextVar("medvr_cpu_image_sizes")
 
 
 def cpu_options(rollout_config) -> dict[str, Any]:

@@ -8,24 +8,14 @@ entropies, and compose veRL's trainer config with the recipe's zoom tool, chat t
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
+
+# the CPU backend's scripted policy writes these too; re-exported for the tests and benchmarks
+from medvr_verl.cpu.scripted_client import _COORDINATES_KEY, is_fork_request, zoom_call  # noqa: F401
 
 ZOOM_TOOL_YAML = "${medvr.pkg_file:medvr_verl.recipes.medvr/zoom_tool.yaml}"
 TOOL_CHAT_TEMPLATE = "${medvr.pkg_text:medvr_verl.recipes.medvr/qwen2_5_vl_tool_chat_template.jinja}"
 CCA_REWARD_KWARGS = "{tool_reward: consensus, eta: 0.5, w_tool: 1.0, group_timeout_s: 120}"
-_COORDINATES_KEY = '"bbox_2d":'
-
-
-def zoom_call(box, **arguments) -> str:
-    """A hermes tool call of ``image_zoom_in_tool`` with ``bbox_2d=box`` (and any other arguments)."""
-    call = {"name": "image_zoom_in_tool", "arguments": {"bbox_2d": box, **arguments}}
-    return "<tool_call>" + json.dumps(call) + "</tool_call>"
-
-
-def is_fork_request(context: str) -> bool:
-    """An EVR fork's request: the context stops inside a zoom call, right before its coordinates."""
-    return context.rstrip().endswith(_COORDINATES_KEY)
 
 
 def coordinate_spike(tokenizer, token_ids: Sequence[int], low: float, spike: float) -> list[float]:
