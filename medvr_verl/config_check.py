@@ -19,7 +19,9 @@ The checks come in parts, each its own function (:func:`check_light_settings` ru
   keys refused (:mod:`medvr_verl.settings`), ``rollout.custom.viz`` and the pixel budget;
 * :func:`check_evr_group_size`: EVR with fewer than 2 samples per prompt (nothing to fork) refused;
 * :func:`check_v1_modes`: EVR under an async V1 trainer mode, ``tool_reward: consensus`` without
-  streaming reward workers.
+  streaming reward workers;
+* :func:`check_gpus` (the callback only, in the driver): more GPUs asked for than this machine shows,
+  or GPUs on a machine without one and no ``+backend=cpu``.
 
 ``python -m medvr_verl.config_check --config-path=... --config-name=medvr [overrides]`` composes the
 config as ``main_ppo`` would and runs the light checks without importing veRL (a typo is reported in
@@ -171,6 +173,82 @@ def check_v1_modes(config, evr: EVRSettings, *, reward_workers: bool | None = No
         )
 
 
+# ------------------------------------------------------------------------------------------------
+# GPUs the run asks for against what this machine shows (issue 19 item 3); driver only
+# ------------------------------------------------------------------------------------------------
+
+GPU_SIZES = (1, 2, 4, 8)
+"""The ``hardware=gpu<k>`` options of ``recipes/medvr/hardware/``."""
+
+
+def visible_gpu_count() -> int:
+    """GPUs this process may use: torch's count when torch is loaded (``main_ppo`` loads it), else the
+    NVIDIA driver's devices (``/proc/driver/nvidia/gpus``) limited by ``CUDA_VISIBLE_DEVICES``."""
+    import os
+
+    if "torch" in sys.modules:
+        import torch
+
+        return torch.cuda.device_count() if torch.cuda.is_available() else 0
+    try:
+        count = len(os.listdir("/proc/driver/nvidia/gpus"))
+    except OSError:
+        count = 0
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None:
+        ids = [v for v in visible.split(",") if v.strip()]
+        count = 0 if not ids or ids[0].strip() == "-1" else min(count, len(ids))
+    return count
+
+
+def ray_cluster_address(config) -> str | None:
+    """The Ray cluster the run joins, if any (``ray_kwargs.ray_init.address``, ``RAY_ADDRESS``, or a
+    cluster ``ray start`` left on this node): its GPUs are Ray's to count, not this machine's."""
+    import os
+
+    ray_init = (config.get("ray_kwargs", None) or {}).get("ray_init", None) or {}
+    address = ray_init.get("address", None) or os.environ.get("RAY_ADDRESS")
+    if address:
+        return str(address)
+    return "auto" if os.path.exists("/tmp/ray/ray_current_cluster") else None
+
+
+def check_gpus(config, *, visible: int | None = None) -> None:
+    """Refuse, in one line and before Ray or any model or dataset loads, a run that asks for more
+    GPUs than this machine shows, or for GPUs on a machine without one (no ``+backend=cpu``).
+
+    ``trainer.device=cpu`` (the CPU overlay) and runs joining a Ray cluster are not counted here.
+    ``visible``: the GPU count to check against (default :func:`visible_gpu_count`).
+    """
+    trainer = config.trainer
+    if str(trainer.get("device", "cuda")) == "cpu" or ray_cluster_address(config):
+        return
+    nnodes, per_node = int(trainer.get("nnodes", 1)), int(trainer.get("n_gpus_per_node", 1))
+    if visible is None:
+        visible = visible_gpu_count()
+    if visible == 0:
+        raise MedVRSettingsError(
+            "no GPU is visible here and the run asks for "
+            f"{nnodes * per_node} (trainer.device=cuda): on a CPU machine add +backend=cpu and run with "
+            "VERL_PLATFORM=cpu (README, 'On a CPU')"
+        )
+    wanted = nnodes * per_node
+    if wanted <= visible:
+        return
+    fit = max(k for k in GPU_SIZES if k <= visible)
+    if nnodes > 1:
+        raise MedVRSettingsError(
+            f"trainer.nnodes={nnodes} x trainer.n_gpus_per_node={per_node} = {wanted} GPUs, but no Ray "
+            f"cluster is running and this machine shows {visible}: start the cluster first (ray start "
+            f"--head, then ray start --address=<head>:6379 on the other nodes), or size the run for this "
+            f"machine with hardware=gpu{fit}"
+        )
+    raise MedVRSettingsError(
+        f"trainer.n_gpus_per_node={per_node} but this machine shows {visible} GPU(s): add hardware=gpu{fit} "
+        f"(recipes/medvr/hardware/), or set trainer.n_gpus_per_node={visible}"
+    )
+
+
 def _reward_manager(config) -> Any:
     manager = config.reward.get("reward_manager", None) or {}
     return manager.get("name", None)
@@ -188,6 +266,7 @@ class CheckMedVRSettings(Callback):
         try:
             evr = check_light_settings(config)
             check_v1_modes(config, evr)
+            check_gpus(config)
         except MedVRSettingsError as e:
             raise SystemExit(f"medvr-verl: {e}") from e
         line = describe_evr_budget(config, evr)

@@ -150,3 +150,65 @@ def test_settings_defaults_are_the_papers_and_valid():
     assert CCARewardSettings(w_tool=0, eta=1).w_tool == 0  # ints where numbers are asked for are fine
     with pytest.raises(MedVRSettingsError.__mro__[1], match="w_tool"):  # ValueError
         CCARewardSettings(w_tool=True)
+
+
+# ---- issue 19 item 3: the GPUs a run asks for against what the machine shows ----------------------
+
+
+@pytest.fixture
+def no_ray_cluster(monkeypatch):
+    import medvr_verl.config_check as config_check
+
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    # a `ray start` left on this machine must not hide the count
+    monkeypatch.setattr(config_check, "ray_cluster_address", lambda config: None)
+
+
+def _compose(*overrides):
+    return compose_for_check("pkg://medvr_verl.recipes.medvr", "medvr", [*DATA, *overrides])
+
+
+@pytest.mark.parametrize(
+    "overrides, visible, message",
+    [
+        (
+            ["hardware=gpu1"],
+            0,
+            "no GPU is visible here and the run asks for 1 (trainer.device=cuda): on a CPU machine add +backend=cpu",
+        ),
+        (["hardware=gpu8"], 2, "trainer.n_gpus_per_node=8 but this machine shows 2 GPU(s): add hardware=gpu2"),
+        (["hardware=gpu4"], 3, "add hardware=gpu2"),
+        ([], 8, "no Ray cluster is running and this machine shows 8: start the cluster first"),
+        ([], 8, "hardware=gpu8"),
+    ],
+)
+def test_too_many_gpus_are_refused_in_one_line(no_ray_cluster, overrides, visible, message):
+    from medvr_verl.config_check import check_gpus
+
+    with pytest.raises(MedVRSettingsError, match="^[^\n]*$") as refused:
+        check_gpus(_compose(*overrides), visible=visible)
+    assert message in str(refused.value)
+
+
+def test_runs_that_fit_pass(no_ray_cluster, monkeypatch):
+    from medvr_verl.config_check import check_gpus
+
+    check_gpus(_compose("hardware=gpu1"), visible=1)
+    check_gpus(_compose("hardware=gpu2"), visible=8)
+    check_gpus(_compose("+backend=cpu"), visible=0)  # the CPU overlay asks for no GPU
+    monkeypatch.undo()
+    monkeypatch.setenv("RAY_ADDRESS", "10.0.0.1:6379")  # a cluster counts its own GPUs
+    check_gpus(_compose(), visible=1)
+
+
+@pytest.mark.skipif(
+    __import__("medvr_verl.config_check", fromlist=["x"]).visible_gpu_count() > 0, reason="a GPU is visible"
+)
+def test_main_ppo_without_gpu_and_without_backend_cpu_stops_before_ray(tmp_path):
+    """The README's train command on a machine without GPUs ends in one line, before Ray starts (it
+    used to start Ray and hang)."""
+    command = [sys.executable, "-m", "verl.trainer.main_ppo", PKG, "--config-name=medvr", "hardware=gpu1", *DATA]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert result.returncode == 1, result.stderr[-3000:]
+    assert "no GPU is visible here" in result.stderr and "+backend=cpu" in result.stderr
+    assert "ray init kwargs" not in result.stdout and "Started a local Ray instance" not in result.stderr

@@ -306,3 +306,77 @@ def test_evaluation_composes_an_ablation_by_name(tmp_path):
     config = build_eval_config(tmp_path, {"vqa_rad": str(tmp_path / "t.parquet")}, recipe="text_rl")
     assert config.actor_rollout_ref.rollout.agent.default_agent_loop == "single_turn_agent"
     assert config.reward.reward_kwargs.tool_reward == "none" and config.trainer.experiment_name == "medvr_text_rl"
+
+
+# ---- issue 19 item 3: GPU sizes as a hardware= config group; the README's one-GPU commands --------
+
+HARDWARE = {"gpu1": (1, 1), "gpu2": (1, 2), "gpu4": (1, 4), "gpu8": (1, 8), "cluster_4x8": (4, 8)}
+
+
+def test_every_hardware_file_is_covered():
+    files = resources.files("medvr_verl.recipes.medvr").joinpath("hardware").iterdir()
+    assert sorted(p.name[:-5] for p in files if p.name.endswith(".yaml")) == sorted(HARDWARE)
+
+
+@pytest.mark.parametrize("name", sorted(HARDWARE))
+@pytest.mark.parametrize("ablation", [None, "zoom_cca"])
+def test_hardware_sizes_compose_and_validate(name, ablation, tiny_model_path):
+    """Each size composes with the recipe (and an ablation), passes veRL's own validate_config (batch
+    and mini-batch divisible over the GPUs) and the driver check, and its engines tile the GPUs."""
+    from medvr_verl.config_check import check_gpus, check_settings
+
+    if GlobalHydra.instance().is_initialized():
+        GlobalHydra.instance().clear()
+    overrides = [f"hardware={name}", *([f"ablation={ablation}"] if ablation else [])]
+    with initialize_config_module(config_module="medvr_verl.recipes.medvr", version_base=None):
+        config = compose(
+            config_name="medvr",
+            overrides=[*overrides, *_DATA, f"actor_rollout_ref.model.path={tiny_model_path}"],
+        )
+    validate_config(config, use_reference_policy=need_reference_policy(config), use_critic=need_critic(config))
+    check_settings(config)
+    nnodes, gpus = HARDWARE[name]
+    assert (config.trainer.nnodes, config.trainer.n_gpus_per_node) == (nnodes, gpus)
+    rollout = config.actor_rollout_ref.rollout
+    assert gpus % rollout.tensor_model_parallel_size == 0 and 0 < rollout.gpu_memory_utilization < 1
+    assert rollout.n == 16 and config.data.train_batch_size % config.actor_rollout_ref.actor.ppo_mini_batch_size == 0
+    if nnodes == 1:
+        check_gpus(config, visible=gpus)  # fits the machine it is named after
+
+
+_DATA = ["data.train_files=/data/train.parquet", "data.val_files=/data/test.parquet"]
+
+
+def _readme_one_gpu_commands():
+    """The argument lists of the README's "One GPU, start to finish" block, by program."""
+    import shlex
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    block = readme.split("One GPU, start to finish:", 1)[1].split("```bash", 1)[1].split("```", 1)[0]
+    commands = [shlex.split(line) for line in block.replace("\\\n", " ").strip().splitlines()]
+    return {(c[2], c[4] if c[2] == "medvr_verl.data" else None): c[3:] for c in commands}
+
+
+def test_readme_one_gpu_sequence_composes(tiny_model_path):
+    from medvr_verl.config_check import check_gpus, check_settings
+    from medvr_verl.data.cli import build_parser
+
+    commands = _readme_one_gpu_commands()
+    assert set(commands) == {
+        ("medvr_verl.data", "/data/VQA-RAD"),
+        ("medvr_verl.config_check", None),
+        ("verl.trainer.main_ppo", None),
+    }
+    assert build_parser().parse_args(commands[("medvr_verl.data", "/data/VQA-RAD")]).dataset == "vqa_rad"
+    check, train = commands[("medvr_verl.config_check", None)], commands[("verl.trainer.main_ppo", None)]
+    assert check == train  # the check is the training command's own arguments
+    assert train[:2] == ["--config-path=pkg://medvr_verl.recipes.medvr", "--config-name=medvr"]
+    if GlobalHydra.instance().is_initialized():
+        GlobalHydra.instance().clear()
+    with initialize_config_module(config_module="medvr_verl.recipes.medvr", version_base=None):
+        config = compose(config_name="medvr", overrides=[*train[2:], f"actor_rollout_ref.model.path={tiny_model_path}"])
+    validate_config(config, use_reference_policy=need_reference_policy(config), use_critic=need_critic(config))
+    check_settings(config)
+    check_gpus(config, visible=1)
+    assert config.trainer.n_gpus_per_node == 1 and config.actor_rollout_ref.rollout.tensor_model_parallel_size == 1
