@@ -50,7 +50,7 @@ from __future__ import annotations
 import hashlib
 import math
 import random
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 TOKEN_ENTROPY_KEY = "token_entropy"
 """Key of the per-token entropy list in a rollout server's ``TokenOutput.extra_fields``."""
@@ -239,13 +239,14 @@ def prompt_key(index: object, messages: object) -> str:
     (``extra_info.index``, a number or a 0-d tensor) may be missing or shared: the text tells prompts apart.
     """
     parts = []
-    for message in messages if isinstance(messages, (list, tuple)) else []:
-        if not isinstance(message, dict):
+    iterable = hasattr(messages, "__iter__") and not isinstance(messages, (str, bytes, Mapping))
+    for message in messages if iterable else []:  # a list, or a numpy object array from a batch
+        if not isinstance(message, Mapping):
             continue
         content = message.get("content")
         texts = [content] if isinstance(content, str) else []
-        if isinstance(content, (list, tuple)):
-            texts = [p.get("text") for p in content if isinstance(p, dict) and isinstance(p.get("text"), str)]
+        if hasattr(content, "__iter__") and not isinstance(content, (str, bytes, Mapping)):
+            texts = [p.get("text") for p in content if isinstance(p, Mapping) and isinstance(p.get("text"), str)]
         parts.append(f"{message.get('role')}:" + "\x1f".join(texts))
     try:
         index = int(index)  # type: ignore[call-overload]

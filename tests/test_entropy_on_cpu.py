@@ -206,3 +206,40 @@ def test_plan_forks_only_when_uncertain_gives_fresh_samples():
     # a spike with P = 1 branches once; "fresh" leaves the other slot to a fresh sample, "top_dh" forks again
     assert plan_forks([0.0, 3.0], 2, p_base=0.0, gamma=0.5, threshold=0.1, rng=rng, fallback="fresh") == [1, None]
     assert plan_forks([0.0, 3.0], 2, p_base=0.0, gamma=0.5, threshold=0.1, rng=rng, fallback="top_dh") == [1, 1]
+
+
+# ---- keyed draws (issue 20 item 3): no generator state, so a resumed run draws as an uninterrupted one
+
+
+def test_keyed_rng_is_a_function_of_its_key_in_any_process():
+    import os
+    import subprocess
+    import sys
+
+    from medvr_verl.entropy import keyed_rng
+
+    draws = [keyed_rng(7, 2, "3/abc", "call", 1, 0).random() for _ in range(2)]
+    assert draws[0] == draws[1]
+    assert keyed_rng(7, 3, "3/abc", "call", 1, 0).random() != draws[0]  # the step is part of the key
+    assert keyed_rng(8, 2, "3/abc", "call", 1, 0).random() != draws[0]  # and the seed
+    code = "from medvr_verl.entropy import keyed_rng; print(repr(keyed_rng(7, 2, '3/abc', 'call', 1, 0).random()))"
+    env = {**os.environ, "PYTHONHASHSEED": "12345"}  # str hashing differs per process; the key must not
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
+    assert float(out.stdout) == draws[0]
+
+
+def test_prompt_key_reads_index_and_text_only():
+    import numpy as np
+
+    from medvr_verl.entropy import prompt_key
+
+    def chat(text, image):
+        return [{"role": "user", "content": [{"type": "image", "image": image}, {"type": "text", "text": text}]}]
+
+    key = prompt_key(3, chat("Which lung?", object()))
+    assert key == prompt_key(3, chat("Which lung?", object()))  # images are data, not identity
+    as_array = np.empty(1, dtype=object)
+    as_array[0] = chat("Which lung?", None)[0]
+    assert prompt_key(np.int64(3), as_array) == key  # a batch's numpy types
+    assert prompt_key(3, chat("Which kidney?", None)) != key and prompt_key(4, chat("Which lung?", None)) != key
+    assert prompt_key(None, None) == prompt_key("x", [])  # nothing usable: one shared key, no error
