@@ -109,3 +109,6 @@ class CheckMedVRSettings(Callback):
             check_settings(config)
         except MedVRSettingsError as e:
             raise SystemExit(f"medvr-verl: {e}") from e
+        from medvr_verl.data_check import check_data_or_exit
+
+        check_data_or_exit(config)  # the train/val files (medvr_verl.data_check)

@@ -73,6 +73,7 @@ from verl.utils.reward_score import default_compute_score
 from medvr_verl import scoring
 from medvr_verl.composite import TOOL_REWARD_VARIANTS, GroupRewards, MemberOutcome, group_rewards
 from medvr_verl.consensus import DEFAULT_QUORUM, QUORUM_RULES
+from medvr_verl.ground_truth import ground_truth_problem
 from medvr_verl.tool_calls import DEFAULT_TOOL_NAME, trajectory_boxes
 
 logger = logging.getLogger(__name__)
@@ -166,6 +167,7 @@ class MedVRCCARewardManager(RewardManagerBase):
         )
         self._broker = None
         self._warned_splits: set[str] = set()
+        self._warned_ground_truths: set[str] = set()
 
     async def run_single(self, data: DataProto) -> dict:
         if data.meta_info.get(GROUP_META_KEY):
@@ -294,12 +296,23 @@ class MedVRCCARewardManager(RewardManagerBase):
             info = {}
         boxes, num_invalid, source = trajectory_boxes(tool_extra_fields, response_str, self.settings.tool_name)
         index = row_extra_info.get("index", -1)
+        problem = ground_truth_problem(kwargs["ground_truth"], row_extra_info)
+        if problem is not None and problem.kind not in self._warned_ground_truths:
+            self._warned_ground_truths.add(problem.kind)  # once per cause and process; counted in every row
+            logger.warning(
+                "medvr_cca: a row's answer can never score (data_source=%r, extra_info.index=%r): %s. Such rows "
+                "are counted in medvr/gt_unusable/count (gt_unusable in reward_extra_info)",
+                data_source,
+                index,
+                problem.message,
+            )
         info.update(
             acc=acc,
             num_zoom=len(boxes),
             num_zoom_invalid=num_invalid,
             boxes_from_text=source == "text",
             zoom_boxes_json=json.dumps([[k, *box] for k, box in boxes]),
+            gt_unusable=float(problem is not None),
             group_uid=str(non_tensor.get("uid", "")),
             sample_index=int(index) if isinstance(index, int | np.integer) else -1,
         )
