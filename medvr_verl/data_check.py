@@ -44,7 +44,8 @@ class DataCheckSettings:
         node = dict((config.get("data", None) or {}).get("medvr_check", None) or {})
         unknown = set(node) - set(cls.__dataclass_fields__)
         if unknown:
-            raise ValueError(f"unknown data.medvr_check options {sorted(unknown)}; known: {sorted(cls.__dataclass_fields__)}")
+            known = sorted(cls.__dataclass_fields__)
+            raise ValueError(f"unknown data.medvr_check options {sorted(unknown)}; known: {known}")
         return cls(**node)
 
 

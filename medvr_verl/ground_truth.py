@@ -66,9 +66,7 @@ def ground_truth_problem(ground_truth: object, extra_info: object = None) -> Gro
     except Exception:
         truths = []
     if not truths:
-        return GroundTruthProblem(
-            "missing", "reward_model.ground_truth is missing: write the correct answer as text"
-        )
+        return GroundTruthProblem("missing", "reward_model.ground_truth is missing: write the correct answer as text")
     not_text = [t for t in truths if not isinstance(t, str)]
     if not_text:
         value = not_text[0]

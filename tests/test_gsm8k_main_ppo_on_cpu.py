@@ -16,7 +16,6 @@ from __future__ import annotations
 import json
 import subprocess
 from collections import defaultdict
-from pathlib import Path
 
 import pytest
 

@@ -229,7 +229,10 @@ def test_validation_split_names_and_the_warning_for_unknown_ones(tokenizer, capl
 
     def manager(**reward_kwargs):
         config = OmegaConf.create(
-            {"reward": {"reward_kwargs": reward_kwargs}, "actor_rollout_ref": {"rollout": {"n": 4, "val_kwargs": {"n": 1}}}}
+            {
+                "reward": {"reward_kwargs": reward_kwargs},
+                "actor_rollout_ref": {"rollout": {"n": 4, "val_kwargs": {"n": 1}}},
+            }
         )
         return MedVRCCARewardManager(config, tokenizer, None)
 

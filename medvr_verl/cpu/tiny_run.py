@@ -66,10 +66,17 @@ def build_data(out: Path, num_questions: int = 8) -> Path:
 
 # GSM8K-format rows (veRL's examples/data_preprocess/gsm8k.py schema): question, answer, wrong answer
 GSM8K_QUESTIONS = (
-    ("Natalia sold clips to 48 of her friends in April, and then half as many in May. How many clips "
-     "did she sell altogether in April and May?", "72", "96"),
-    ("Weng earns $12 an hour for babysitting. Yesterday, she did 50 minutes of babysitting. How much "
-     "did she earn?", "10", "12"),
+    (
+        "Natalia sold clips to 48 of her friends in April, and then half as many in May. How many clips "
+        "did she sell altogether in April and May?",
+        "72",
+        "96",
+    ),
+    (
+        "Weng earns $12 an hour for babysitting. Yesterday, she did 50 minutes of babysitting. How much did she earn?",
+        "10",
+        "12",
+    ),
 )
 GSM8K_INSTRUCTION = 'Let\'s think step by step and output the final answer after "####".'
 
