@@ -32,6 +32,8 @@ def register() -> None:
         importlib.import_module("medvr_verl.cpu").activate()
     for name in _GLUE_MODULES:
         importlib.import_module(name)
+    # veRL's Qwen2-VL forward on text-only rows under transformers 5 (every backend)
+    importlib.import_module("medvr_verl.qwen2_vl_fix").fix_text_only_input_embeds()
     # Hydra search-path plugin: --config-path=recipes/medvr from a checkout's root (before @hydra.main)
     importlib.import_module("medvr_verl.config_path").register()
     _registered = True

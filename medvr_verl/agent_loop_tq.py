@@ -91,6 +91,7 @@ ROW_STATS = (
     "cca_partial_group",
     "num_zoom",
     "num_zoom_invalid",
+    "gt_unusable",
 )
 
 # veRL's Ray actor class cannot be subclassed; veRL itself unwraps it the same way.

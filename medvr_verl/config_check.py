@@ -269,6 +269,9 @@ class CheckMedVRSettings(Callback):
             check_gpus(config)
         except MedVRSettingsError as e:
             raise SystemExit(f"medvr-verl: {e}") from e
+        from medvr_verl.data_check import check_data_or_exit
+
+        check_data_or_exit(config)  # the train/val files (medvr_verl.data_check), after the GPU check
         line = describe_evr_budget(config, evr)
         if line:
             print(f"medvr-verl: {line}", file=sys.stderr, flush=True)

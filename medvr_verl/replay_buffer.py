@@ -8,7 +8,8 @@ own; on top, each sampled batch's TransferQueue row tags (written by
 * ``medvr/<name>/mean`` of the reward parts over the batch's rows: ``acc``, ``format``,
   ``tool_reward``, ``cca_iou``, ``cca_quorum_size``, ``num_zoom``, ``num_zoom_invalid``, ``fork``
   (the share of rows that are EVR forks) and ``budget_overflow`` (the share that ended because a tool
-  response would overflow ``response_length``); ``medvr/cca_partial_group/count``;
+  response would overflow ``response_length``); ``medvr/cca_partial_group/count``,
+  ``medvr/gt_unusable/count`` (rows whose ground truth no answer can match, :mod:`medvr_verl.ground_truth`);
 * ``medvr/evr/<name>/{mean,max,sum}`` over the batch's groups: ``fork_rate``, ``delta_h``,
   ``qualified_points``, ``fork_depth_tokens``, ``prefix_tokens_reused``.
 
@@ -35,8 +36,8 @@ def rollout_metrics(tags: list[dict]) -> dict[str, float]:
     names = sorted({name for row in rows for name in row if name != "group"})
     for name in names:
         values = [row[name] for row in rows if name in row]
-        if name == "cca_partial_group":
-            metrics["medvr/cca_partial_group/count"] = float(np.sum(values))
+        if name in ("cca_partial_group", "gt_unusable"):
+            metrics[f"medvr/{name}/count"] = float(np.sum(values))
         else:
             metrics[f"medvr/{name}/mean"] = float(np.mean(values))
     metrics.update(merge_worker_stats([row.get("group") or {} for row in rows]))

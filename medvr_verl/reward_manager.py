@@ -14,8 +14,13 @@ and tune it under ``reward.reward_kwargs`` (veRL's place for reward-manager opti
         format_weight: 0.1       # size of R_format (penalty: lost by a badly formatted response)
         format_mode: penalty     # penalty: R = acc - w * (1 - format); bonus: R = acc + w * format
         tool_name: image_zoom_in_tool
+        scorer: auto             # auto | medvr | host: who scores a row's answer (below)
         group_size: null         # members per uid; null: rollout.n (val_kwargs.n for val splits)
         group_timeout_s: 600     # how long a member waits for the rest of its group
+        val_splits: [test, val, valid, validation, eval, dev]  # extra_info.split names of validation rows
+
+On a stock veRL config (no ``reward_kwargs`` node) each option is added with a ``+``:
+``+reward.reward_kwargs.w_tool=0.5``.
 
 The group reaches ``run_single`` in one of two ways:
 
@@ -29,11 +34,27 @@ The group reaches ``run_single`` in one of two ways:
 
 Boxes come from the zoom tool's records in ``tool_extra_fields`` when the loop kept them
 (``medvr_agent``), else from the hermes tool calls in the response text (:mod:`medvr_verl.tool_calls`).
-Scoring: the configured ``reward.custom_reward_function``, else :func:`medvr_verl.scoring.compute_score`.
+Scoring (each row's base score, before CCA adds the tool reward): the scorer the host recipe would
+use, called exactly as veRL's ``naive`` manager calls it (same arguments, same ``extra_info`` with
+``num_turns``, ``rollout_reward_scores`` and the tool's extra fields, ``reward_router_address`` /
+``reward_model_tokenizer`` when a reward model router exists), except for MedVR's own rows:
+
+* a ``reward.custom_reward_function`` (or a ``compute_score`` other than veRL's default handed to
+  the manager) scores every row;
+* otherwise ``scorer: auto`` (default) scores rows of MedVR's data sources
+  (:data:`MEDVR_DATA_SOURCES`, what ``python -m medvr_verl.data`` writes) with
+  :func:`medvr_verl.scoring.compute_score` (``format_weight`` / ``format_mode`` from here) and every
+  other row with veRL's ``default_compute_score`` (dispatched by ``data_source``: GSM8K, MATH, ...);
+  ``scorer: medvr`` (the MedVR recipes) scores every row with MedVR's scorer; ``scorer: host``
+  every row with veRL's.
+
+``reward_extra_info`` keeps the scorer's dict (``score`` included) or ``acc`` for a plain number, as
+``naive`` does, plus CCA's keys.
 """
 
 from __future__ import annotations
 
+import functools
 import inspect
 import json
 import logging
@@ -45,10 +66,16 @@ import numpy as np
 from verl import DataProto
 from verl.experimental.reward_loop.reward_manager import register
 from verl.experimental.reward_loop.reward_manager.base import RewardManagerBase
+from verl.utils.reward_score import default_compute_score
 
 from medvr_verl import scoring
 from medvr_verl.composite import GroupRewards, MemberOutcome, group_rewards
-from medvr_verl.settings import CCARewardSettings  # noqa: F401  (typed options; re-exported here)
+from medvr_verl.ground_truth import ground_truth_problem
+from medvr_verl.settings import (  # noqa: F401  (typed options; re-exported here)
+    SCORERS,
+    VALIDATION_SPLITS,
+    CCARewardSettings,
+)
 from medvr_verl.tool_calls import trajectory_boxes
 
 logger = logging.getLogger(__name__)
@@ -58,7 +85,9 @@ GROUP_META_KEY = "medvr_group"
 GROUP_REWARDS_KEY = "medvr_group_rewards"
 GROUP_EXPECTED_KEY = "medvr_group_expected"
 """meta_info key: how many members the group should have had (fewer arrived: a partial group)."""
-VALIDATION_SPLITS = frozenset({"test", "val", "valid", "validation", "eval", "dev"})
+TRAINING_SPLITS = ("train", "training")
+MEDVR_DATA_SOURCES = frozenset({"vqa_rad", "slake", "path_vqa", "pmc_vqa", "omnimedvqa", "medxpertqa_mm"})
+"""``data_source`` values MedVR's converters write (``medvr_verl.data``; a test keeps them equal)."""
 
 
 @register("medvr_cca")
@@ -68,15 +97,21 @@ class MedVRCCARewardManager(RewardManagerBase):
     def __init__(self, config, tokenizer, compute_score, reward_router_address=None, reward_model_tokenizer=None):
         super().__init__(config, tokenizer, compute_score)
         self.settings = CCARewardSettings.from_config(config)
-        custom = config.reward.get("custom_reward_function", None) or {}
-        # Without a custom function veRL hands us its data_source-keyed default, which knows no
-        # medical VQA set: use MedVR's scoring instead.
-        self.compute_score = compute_score if custom.get("path") else scoring.compute_score
+        # the host recipe's scorer, as veRL's naive manager holds it
+        self.compute_score = compute_score or default_compute_score
         self.is_async_reward_score = inspect.iscoroutinefunction(self.compute_score)
-        rollout = config.actor_rollout_ref.rollout
-        self.train_group_size = self.settings.group_size or int(rollout.n)
-        self.val_group_size = self.settings.group_size or int(rollout.val_kwargs.n)
+        self.reward_router_address = reward_router_address
+        self.reward_model_tokenizer = reward_model_tokenizer
+        custom = _select(config, "reward.custom_reward_function") or {}
+        # the user chose a scorer: a custom function, or a caller's own compute_score
+        self.host_scorer_chosen = bool(custom.get("path")) or not _is_verl_default(self.compute_score)
+        self.train_group_size = self.settings.group_size or int(_select(config, "actor_rollout_ref.rollout.n") or 1)
+        self.val_group_size = self.settings.group_size or int(
+            _select(config, "actor_rollout_ref.rollout.val_kwargs.n") or 1
+        )
         self._broker = None
+        self._warned_splits: set[str] = set()
+        self._warned_ground_truths: set[str] = set()
 
     async def run_single(self, data: DataProto) -> dict:
         if data.meta_info.get(GROUP_META_KEY):
@@ -126,8 +161,25 @@ class MedVRCCARewardManager(RewardManagerBase):
 
     def _expected_group_size(self, extra_info: Any) -> int:
         split = extra_info.get("split") if isinstance(extra_info, dict) else None
-        if isinstance(split, str) and split.lower() in VALIDATION_SPLITS:
+        name = split.lower() if isinstance(split, str) else None
+        if name in self.settings.val_splits:
             return self.val_group_size
+        if (
+            self.val_group_size != self.train_group_size
+            and name not in TRAINING_SPLITS
+            and str(split) not in self._warned_splits
+        ):
+            self._warned_splits.add(str(split))
+            logger.warning(
+                "medvr_cca: extra_info.split=%r is no known split name: its groups wait for rollout.n=%d "
+                "members. If these are validation rows (val_kwargs.n=%d), each group waits "
+                "group_timeout_s=%s s: add the name to reward.reward_kwargs.val_splits, or set "
+                "reward.reward_kwargs.group_size",
+                split,
+                self.train_group_size,
+                self.val_group_size,
+                self.settings.group_timeout_s,
+            )
         return self.train_group_size
 
     def _get_broker(self):
@@ -138,6 +190,12 @@ class MedVRCCARewardManager(RewardManagerBase):
         return self._broker
 
     # -- one trajectory's own score ------------------------------------------------------------------
+    def uses_medvr_scorer(self, data_source: Any) -> bool:
+        """Whether a row of ``data_source`` is scored by MedVR's scorer (else by the host's)."""
+        if self.host_scorer_chosen or self.settings.scorer == "host":
+            return False
+        return self.settings.scorer == "medvr" or data_source in MEDVR_DATA_SOURCES
+
     async def _score_row(self, data: DataProto) -> tuple[MemberOutcome, dict]:
         """Score one row: ``(outcome for the group, per-trajectory extra info)``."""
         item = data[0]
@@ -147,41 +205,74 @@ class MedVRCCARewardManager(RewardManagerBase):
             None, lambda: self.tokenizer.decode(response_ids[:valid_length], skip_special_tokens=True)
         )
         non_tensor = item.non_tensor_batch
-        extra_info = dict(non_tensor.get("extra_info", None) or {})
+        row_extra_info = dict(non_tensor.get("extra_info", None) or {})
         tool_extra_fields = non_tensor.get("tool_extra_fields", None) or {}
+        # what veRL's naive manager hands a reward function (verl/experimental/reward_loop/reward_manager/naive.py)
+        extra_info = {**row_extra_info, **dict(tool_extra_fields.items())}
+        extra_info["num_turns"] = non_tensor.get("__num_turns__", None)
+        extra_info["rollout_reward_scores"] = non_tensor.get("reward_scores", {})
+        data_source = non_tensor.get("data_source", "unknown")
         kwargs = dict(
-            data_source=non_tensor.get("data_source", "unknown"),
+            data_source=data_source,
             solution_str=response_str,
             ground_truth=non_tensor["reward_model"]["ground_truth"],
             extra_info=extra_info,
         )
-        if self.compute_score is scoring.compute_score:
-            kwargs["format_weight"] = self.settings.format_weight
-            kwargs["format_mode"] = self.settings.format_mode
-        if self.is_async_reward_score:
+        if self.reward_router_address is not None:
+            kwargs["reward_router_address"] = self.reward_router_address
+            kwargs["reward_model_tokenizer"] = self.reward_model_tokenizer
+        if self.uses_medvr_scorer(data_source):
+            fn = functools.partial(
+                scoring.compute_score, format_weight=self.settings.format_weight, format_mode=self.settings.format_mode
+            )
+            result = await self.loop.run_in_executor(None, lambda: fn(**kwargs))
+        elif self.is_async_reward_score:
             result = await self.compute_score(**kwargs)
         else:
-            result = await self.loop.run_in_executor(None, lambda: self.compute_score(**kwargs))
+            result = await self.loop.run_in_executor(None, lambda: self._host_score(kwargs))
 
         if isinstance(result, dict):
             base = float(result["score"])
             acc = float(result.get("acc", base))
-            info = {k: v for k, v in result.items() if k != "score"}
+            info = dict(result)  # "score" kept, as naive keeps it
         else:
             base = acc = float(result)
             info = {}
         boxes, num_invalid, source = trajectory_boxes(tool_extra_fields, response_str, self.settings.tool_name)
-        index = extra_info.get("index", -1)
+        index = row_extra_info.get("index", -1)
+        problem = ground_truth_problem(kwargs["ground_truth"], row_extra_info)
+        if problem is not None and problem.kind not in self._warned_ground_truths:
+            self._warned_ground_truths.add(problem.kind)  # once per cause and process; counted in every row
+            logger.warning(
+                "medvr_cca: a row's answer can never score (data_source=%r, extra_info.index=%r): %s. Such rows "
+                "are counted in medvr/gt_unusable/count (gt_unusable in reward_extra_info)",
+                data_source,
+                index,
+                problem.message,
+            )
         info.update(
             acc=acc,
             num_zoom=len(boxes),
             num_zoom_invalid=num_invalid,
             boxes_from_text=source == "text",
             zoom_boxes_json=json.dumps([[k, *box] for k, box in boxes]),
+            gt_unusable=float(problem is not None),
             group_uid=str(non_tensor.get("uid", "")),
             sample_index=int(index) if isinstance(index, int | np.integer) else -1,
         )
         return MemberOutcome(base_score=base, acc=acc, boxes=boxes), info
+
+    def _host_score(self, kwargs: dict):
+        try:
+            return self.compute_score(**kwargs)
+        except NotImplementedError as e:
+            if not _is_verl_default(self.compute_score):
+                raise
+            raise NotImplementedError(
+                f"{e}. medvr_cca scores a data_source veRL does not know with MedVR's scorer only when "
+                "asked: set reward.reward_kwargs.scorer=medvr (+reward.reward_kwargs.scorer=medvr on a stock "
+                "config), or give a reward.custom_reward_function"
+            ) from e
 
     @staticmethod
     def _result(info: dict, group: GroupRewards, member: int, partial: bool) -> dict:
@@ -199,3 +290,23 @@ class MedVRCCARewardManager(RewardManagerBase):
         }
         info.setdefault("format", 0.0)
         return {"reward_score": reward.reward, "reward_extra_info": info}
+
+
+def _is_verl_default(fn) -> bool:
+    """Whether ``fn`` is veRL's ``default_compute_score`` (bare, or bound to sandbox arguments by veRL)."""
+    while isinstance(fn, functools.partial):
+        fn = fn.func
+    return fn is default_compute_score
+
+
+def _select(config, path: str):
+    """``config.<path>`` or ``None``: a full trainer config, a partial one (tests) or a plain dict."""
+    node = config
+    for key in path.split("."):
+        if node is None:
+            return None
+        try:
+            node = node.get(key, None)
+        except AttributeError:
+            return None
+    return node

@@ -28,6 +28,11 @@ from medvr_verl.scoring import FORMAT_MODES
 from medvr_verl.tool_calls import DEFAULT_TOOL_NAME
 
 EVR_MODES = ("streaming", "two_phase")
+SCORERS = ("auto", "medvr", "host")
+"""``reward_kwargs.scorer`` of ``medvr_cca``: ``auto`` (MedVR's scorer for MedVR's data sources, the
+host recipe's for the rest), ``medvr`` (every row), ``host`` (every row the host recipe's)."""
+VALIDATION_SPLITS = ("test", "val", "valid", "validation", "eval", "dev")
+"""Default ``val_splits``: ``extra_info.split`` names whose groups expect ``val_kwargs.n`` members."""
 
 
 # ------------------------------------------------------------------------------------------------
@@ -173,9 +178,11 @@ class CCARewardSettings:
     format_weight: float = 0.1
     format_mode: str = "penalty"
     tool_name: str = DEFAULT_TOOL_NAME
+    scorer: str = "auto"
     group_size: int | None = None
     group_timeout_s: float = 600.0
     quorum: str = DEFAULT_QUORUM
+    val_splits: tuple[str, ...] = VALIDATION_SPLITS
 
     def __post_init__(self):
         name = "reward.reward_kwargs."
@@ -189,6 +196,11 @@ class CCARewardSettings:
         check_int(name + "group_size", self.group_size, minimum=1, allow_none=True)
         check_number(name + "group_timeout_s", self.group_timeout_s, low=0.0, low_open=True)
         check_choice(name + "quorum", self.quorum, QUORUM_RULES)
+        check_choice(name + "scorer", self.scorer, SCORERS)
+        splits = self.val_splits
+        if isinstance(splits, str) or not all(isinstance(v, str) for v in splits):
+            raise ValueError(f"{name}val_splits must be a list of split names, got {splits!r}")
+        object.__setattr__(self, "val_splits", tuple(v.lower() for v in splits))
 
     @classmethod
     def from_config(cls, config) -> CCARewardSettings:
@@ -196,4 +208,6 @@ class CCARewardSettings:
         (a typo would silently keep the default)."""
         kwargs = _section(config, "reward", "reward_kwargs")
         check_known_keys("reward.reward_kwargs (medvr_cca)", kwargs, {f.name for f in fields(cls)})
+        if kwargs.get("val_splits") is not None and not isinstance(kwargs["val_splits"], str):
+            kwargs["val_splits"] = tuple(kwargs["val_splits"])  # a YAML list (ListConfig)
         return cls(**kwargs)

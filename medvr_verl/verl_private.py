@@ -127,6 +127,12 @@ PRIVATE_SYMBOLS: tuple[PrivateSymbol, ...] = (
         "medvr_verl.cpu",
         "CPU only: read to keep the CPU engine registration idempotent",
     ),
+    PrivateSymbol(
+        "verl.models.transformers.qwen2_vl",
+        "_get_input_embeds",
+        "medvr_verl.qwen2_vl_fix",
+        "text-only rows: the dummy vision pass calls .mean() on transformers 5's output object; wrapped",
+    ),
 )
 
 

@@ -4,7 +4,8 @@
 # qwen_vl_utils image path need torchvision, and PyPI's torchvision does not import beside the
 # torch 2.13.0 CPU wheel; pinned versions let pip take the wheels that lie on the machine's disk.
 # Then veRL 0.9.1 (verl[verl-core]) and this package in editable mode with the extras in $MEDVR_EXTRAS
-# (default "test": pytest, hypothesis, pydicom, qwen-vl-utils). The GPU suite's "vllm" extra brings
+# (default "test": pytest, hypothesis, pydicom, qwen-vl-utils), with transformers pinned to 5.9.0, the
+# version veRL 0.9.1 tested (pyproject.toml says why). The GPU suite's "vllm" extra brings
 # the stack veRL 0.9.1 tested (verl[vllm]==0.9.1: torch 2.11.0, vllm 0.24.0) instead of the CPU pins,
 # then flash-attn, which builds against the installed torch.
 python="${PYTHON:-python3}"

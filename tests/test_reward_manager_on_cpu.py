@@ -42,7 +42,7 @@ def test_config_resolves_through_veRL(tiny_model_path):
     # super().__post_init__ that BaseConfig lacks, so veRL itself keeps config.reward a DictConfig)
     rollout = omega_conf_to_dataclass(config.actor_rollout_ref.rollout)
     assert rollout.multi_turn.tool_config_path.endswith("recipes/medvr/zoom_tool.yaml")
-    assert CCARewardSettings.from_config(config) == CCARewardSettings(group_timeout_s=120)
+    assert CCARewardSettings.from_config(config) == CCARewardSettings(group_timeout_s=120, scorer="medvr")
 
 
 @pytest.mark.parametrize(
@@ -216,3 +216,36 @@ def test_broker_complete_partial_and_late_groups():
         assert late["partial"] and late["late"] and [m for m, _ in late["members"]] == ["m0", "m1", "m2"]
 
     asyncio.run(scenario())
+
+
+def test_validation_split_names_and_the_warning_for_unknown_ones(tokenizer, caplog):
+    """One-per-call scoring: a group of a split named in val_splits expects val_kwargs.n members;
+    an unknown split name expects rollout.n and says once how to avoid waiting group_timeout_s."""
+    import logging
+
+    from omegaconf import OmegaConf
+
+    from medvr_verl.reward_manager import MedVRCCARewardManager
+
+    def manager(**reward_kwargs):
+        config = OmegaConf.create(
+            {
+                "reward": {"reward_kwargs": reward_kwargs},
+                "actor_rollout_ref": {"rollout": {"n": 4, "val_kwargs": {"n": 1}}},
+            }
+        )
+        return MedVRCCARewardManager(config, tokenizer, None)
+
+    default = manager()
+    assert default._expected_group_size({"split": "Validation"}) == 1
+    assert default._expected_group_size({"split": "train"}) == 4
+    with caplog.at_level(logging.WARNING, logger="medvr_verl.reward_manager"):
+        assert default._expected_group_size({"split": "holdout"}) == 4
+        assert default._expected_group_size({"split": "holdout"}) == 4
+    warnings = [r.getMessage() for r in caplog.records if "holdout" in r.getMessage()]
+    assert len(warnings) == 1 and "reward.reward_kwargs.val_splits" in warnings[0]
+    assert manager(val_splits=["holdout"])._expected_group_size({"split": "holdout"}) == 1
+    with pytest.raises(ValueError, match="val_splits"):
+        manager(val_splits="holdout")
+    with pytest.raises(ValueError, match="scorer must be one of"):
+        manager(scorer="mine")

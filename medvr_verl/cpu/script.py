@@ -70,6 +70,25 @@ class ZoomThenAnswer:
         return self._counters[key]
 
 
+class AnswerAfterHashes:
+    """GSM8K-style answers for text-only runs: ``<reasoning>\n#### <number>``, right and wrong in turn.
+
+    The prompt's marker ``[script:RIGHT_WRONG]`` (e.g. ``[script:72_96]``) gives both numbers; the
+    calls of each key alternate right, wrong, right, ... so every GRPO group of an even size holds both
+    (rewards differ, the advantage is not zero). The format is the one veRL's GSM8K scorer reads
+    (``verl/utils/reward_score/gsm8k.py``: the number after ``#### ``).
+    """
+
+    def __init__(self):
+        self._counters: dict[str, int] = {}
+
+    def __call__(self, ctx):
+        right, _, wrong = ctx.key.partition("_") if ctx.key != "default" else ("0", "_", "1")
+        k = self._counters[ctx.key] = self._counters.get(ctx.key, -1) + 1
+        answer = right if k % 2 == 0 else (wrong or right)
+        return f"Working it out step by step, the total is {answer}.\n#### {answer}"
+
+
 def load_script(fqn: str):
     module, _, name = fqn.rpartition(".")
     return getattr(importlib.import_module(module), name)()

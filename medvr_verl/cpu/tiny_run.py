@@ -73,6 +73,92 @@ def build_data(out: Path, num_questions: int = 8) -> Path:
     return path
 
 
+# GSM8K-format rows (veRL's examples/data_preprocess/gsm8k.py schema): question, answer, wrong answer
+GSM8K_QUESTIONS = (
+    (
+        "Natalia sold clips to 48 of her friends in April, and then half as many in May. How many clips "
+        "did she sell altogether in April and May?",
+        "72",
+        "96",
+    ),
+    (
+        "Weng earns $12 an hour for babysitting. Yesterday, she did 50 minutes of babysitting. How much did she earn?",
+        "10",
+        "12",
+    ),
+)
+GSM8K_INSTRUCTION = 'Let\'s think step by step and output the final answer after "####".'
+
+
+def build_gsm8k_data(out: Path, num_questions: int = 4) -> Path:
+    """``out/tiny_gsm8k.parquet``: text-only rows in the format of veRL's GSM8K preprocessing
+    (``data_source="openai/gsm8k"``, no images), each with a ``[script:RIGHT_WRONG]`` marker for
+    :class:`medvr_verl.cpu.script.AnswerAfterHashes`."""
+    import pandas as pd
+
+    rows = []
+    for i in range(num_questions):
+        question, answer, wrong = GSM8K_QUESTIONS[i % len(GSM8K_QUESTIONS)]
+        rows.append(
+            {
+                "data_source": "openai/gsm8k",
+                "prompt": [{"role": "user", "content": f"{question} {GSM8K_INSTRUCTION} [script:{answer}_{wrong}]"}],
+                "ability": "math",
+                "reward_model": {"style": "rule", "ground_truth": answer},
+                "extra_info": {"split": "train", "index": i, "answer": answer, "question": question},
+            }
+        )
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / "tiny_gsm8k.parquet"
+    pd.DataFrame(rows).to_parquet(path)
+    return path
+
+
+def stock_command(
+    model: Path, data: Path, out: Path, *, reward_manager: str = "medvr_cca", n: int = 4, batch_size: int = 2
+) -> list[str]:
+    """``python -m verl.trainer.main_ppo`` with veRL's stock ``ppo_trainer`` (GRPO, V1 trainer), the
+    CPU overlay found through ``hydra.searchpath`` and ``reward.reward_manager.name=<reward_manager>``,
+    one step with the tiny model and the scripted GSM8K answers: how a user drops ``medvr_cca`` into a
+    recipe of their own (README, "Use medvr_cca in your recipe")."""
+    rollouts = n * batch_size
+    return [
+        sys.executable,
+        "-m",
+        "verl.trainer.main_ppo",
+        "hydra.searchpath=[pkg://medvr_verl.recipes.medvr]",
+        "+backend=cpu",
+        "algorithm.adv_estimator=grpo",
+        f"reward.reward_manager.name={reward_manager}",
+        f"data.train_files={data}",
+        f"data.val_files={data}",
+        f"data.train_batch_size={batch_size}",
+        "data.max_prompt_length=256",
+        "data.max_response_length=64",
+        "data.dataloader_num_workers=0",
+        f"actor_rollout_ref.model.path={model}",
+        f"actor_rollout_ref.actor.ppo_mini_batch_size={batch_size}",
+        f"actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu={rollouts}",
+        f"actor_rollout_ref.ref.log_prob_micro_batch_size_per_gpu={rollouts}",
+        f"actor_rollout_ref.rollout.log_prob_micro_batch_size_per_gpu={rollouts}",
+        f"actor_rollout_ref.rollout.n={n}",
+        "actor_rollout_ref.rollout.agent.num_workers=1",
+        "actor_rollout_ref.rollout.custom.cpu.policy=scripted",
+        "actor_rollout_ref.rollout.custom.cpu.script=medvr_verl.cpu.script.AnswerAfterHashes",
+        "reward.num_workers=1",
+        "trainer.total_training_steps=1",
+        "trainer.val_before_train=false",
+        "trainer.test_freq=-1",
+        "trainer.save_freq=-1",
+        "trainer.resume_mode=disable",
+        "trainer.logger=[console,file]",
+        "trainer.experiment_name=tiny_gsm8k",
+        f"trainer.default_local_dir={out / 'checkpoints'}",
+        f"trainer.rollout_data_dir={out / 'rollouts'}",
+        f"hydra.run.dir={out / 'hydra'}",
+    ]
+
+
 def backend_overrides(backend: str, *, policy: str = "scripted", out: Path | None = None) -> list[str]:
     """What differs between the CPU and the GPU run."""
     if backend == "cpu":

@@ -15,7 +15,7 @@ from medvr_verl.cpu.scripted_client import _COORDINATES_KEY, is_fork_request, zo
 
 ZOOM_TOOL_YAML = "${medvr.pkg_file:medvr_verl.recipes.medvr/zoom_tool.yaml}"
 TOOL_CHAT_TEMPLATE = "${medvr.pkg_text:medvr_verl.recipes.medvr/qwen2_5_vl_tool_chat_template.jinja}"
-CCA_REWARD_KWARGS = "{tool_reward: consensus, eta: 0.5, w_tool: 1.0, group_timeout_s: 120}"
+CCA_REWARD_KWARGS = "{tool_reward: consensus, eta: 0.5, w_tool: 1.0, group_timeout_s: 120, scorer: medvr}"
 
 
 def coordinate_spike(tokenizer, token_ids: Sequence[int], low: float, spike: float) -> list[float]:
