@@ -138,6 +138,13 @@ def test_huatuo_eval_reader(tmp_path):
     assert records[0].meta == {"dataset": "OmniMedVQA", "subset": MR, "position": 0}
     assert records[0].images[0].path == str(tmp_path / "images" / "knee000.png")
     assert report.skip_reasons == {SKIP_ANSWER_NOT_IN_OPTIONS: 1, SKIP_TOO_MANY_OPTIONS: 1, malformed("options"): 1}
+    # MedVLM-R1's released test sets: a json of the same records beside the bundle, read as a file
+    (tmp_path / "MRI_CT_XRAY_300each_dataset.json").write_text(
+        json.dumps([{**e, "problem": "...", "solution": "A"} for e in _bundle(tmp_path, n_mr=2)[:2]]), encoding="utf-8"
+    )
+    records = list(read_huatuo_eval(tmp_path / "MRI_CT_XRAY_300each_dataset.json", "test"))
+    assert [(r.modality, r.answer) for r in records] == [(MR, "A"), (CT, "B")]
+    assert records[1].images[0].path == str(tmp_path / "images" / "ct000.png")
 
 
 def test_modality_aliases():

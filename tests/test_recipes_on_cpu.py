@@ -154,6 +154,10 @@ def test_medvlm_r1_recipe_loads_through_medvr_dataset(tiny_model_path, tmp_path,
 
     config = compose_recipe("medvr_verl.recipes.medvlm_r1", "medvlm_r1", tiny_model_path)
     assert config.data.custom_cls.name == "MedVRDataset" and config.data.filter_overlong_prompts
+    # MedVLM-R1's trainer: one on-policy update per batch, per-answer token mean, top_k 50, no weight decay
+    actor, rollout = config.actor_rollout_ref.actor, config.actor_rollout_ref.rollout
+    assert actor.ppo_mini_batch_size == config.data.train_batch_size and actor.loss_agg_mode == "seq-mean-token-mean"
+    assert (rollout.temperature, rollout.top_k, rollout.top_p, actor.optim.weight_decay) == (1.0, 50, 1.0, 0.0)
     config.data.filter_overlong_prompts_workers = None  # in-process: a forked pool can hang beside threads
     rng = np.random.default_rng(0)
     records = [

@@ -134,7 +134,8 @@ LAYOUTS: dict[str, str] = {
         "HuatuoGPT-Vision's evaluation bundle (FreedomIntelligence/Medical_Multimodal_Evaluation_Data, the "
         "data MedVLM-R1 trained and tested on): <root>/medical_multimodel_evaluation_data.json (a list of "
         "records with question, options, answer = an option's text, image = [paths], dataset, subset) and "
-        "the image paths relative to <root>; one split: --split only labels the rows."
+        "the image paths relative to <root>; one split: --split only labels the rows. Or a json file of such "
+        "records in the bundle's folder (MedVLM-R1's MRI_CT_XRAY_300each_dataset.json test sets)."
     ),
     "medxpertqa_mm": (
         "MedXpertQA (MM subset): <root>/MM/{dev,test}.jsonl (records id, question, options, label, images, ...) "
@@ -1069,10 +1070,18 @@ def read_huatuo_eval(
     normalization. ``modality`` is the record's ``subset`` (OmniMedVQA's modality label, e.g.
     ``"MR (Mag-netic Resonance Imaging)"``, or the source benchmark's name); ``meta`` keeps
     ``dataset``, ``subset`` and ``position`` (the index in the file). ``split`` only labels the rows.
+
+    ``source`` is the bundle folder, or a ``.json`` file of records in the same form whose image paths
+    are relative to its folder (MedVLM-R1's released test sets, ``MRI_CT_XRAY_300each_dataset.json``:
+    300 MRI, 300 CT, 300 X-ray questions of the bundle, placed in the bundle folder).
     """
     report = _report(report, "huatuo_eval", split)
-    root = _root(source, "huatuo_eval")
-    path = _require(root, HUATUO_EVAL_FILE, "huatuo_eval")
+    if isinstance(source, (str, os.PathLike)) and str(source).lower().endswith(".json") and Path(source).is_file():
+        path = Path(source).expanduser()
+        root = path.parent
+    else:
+        root = _root(source, "huatuo_eval")
+        path = _require(root, HUATUO_EVAL_FILE, "huatuo_eval")
 
     def generate() -> Iterator[Record]:
         entries = _records_list(_load_json(path, "huatuo_eval", root), path, "huatuo_eval", root)
