@@ -172,7 +172,11 @@ def test_subset_is_first_n_mri_in_datasets_shuffle_order(tmp_path):
     assert [r.source_id for r in chosen] == expected
     assert sorted(r.source_id for r in chosen) == sorted(first_five)
     assert all(r.modality == MR for r in chosen)
-    assert report.warnings[f"not modality {'MRI'!r} (subset)"] == 4  # the CT ones read before the 5th MRI
+    assert report.warnings[f"left out by the modality filter (not {'MRI'!r})"] == 4  # CT ones before the 5th MRI
+    assert not [w for w in report.warnings if w.startswith("subset smaller")]
+    small = ConversionReport()
+    assert len(list(select_records(read_huatuo_eval(tmp_path), modality="MRI", first=600, report=small))) == 8
+    assert small.warnings["subset smaller than asked: 8 of the first 600 matching records exist"] == 1
     # no shuffle: source order; no first: all eight MRI questions (the broken ones are skipped by the reader)
     assert [r.source_id for r in select_records(read_huatuo_eval(tmp_path), modality=MR)] == [
         f"#{2 * i}" for i in range(8)

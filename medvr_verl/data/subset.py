@@ -61,8 +61,10 @@ def select_records(
     in the order of ``numpy.random.default_rng(shuffle_seed).permutation`` (source order when None).
 
     Records of another modality are not skipped-as-broken: ``report.warnings`` counts them under
-    ``"not modality <m> (subset)"`` so the summary says how many the filter left out. A shuffle
-    reads the selected records into memory (records are small: images are only located here).
+    ``"left out by the modality filter (not <m>)"`` so the summary says how many the filter left out,
+    and a source with fewer than ``first`` matching records is a warning too (``"subset smaller than
+    asked ..."``). A shuffle reads the selected records into memory (records are small: images are
+    only located here).
     """
     if first is not None and (isinstance(first, bool) or not isinstance(first, int) or first < 0):
         raise ValueError(f"first must be a whole number >= 0 or None, got {first!r}")
@@ -74,9 +76,17 @@ def select_records(
             if modality is None or modality_matches(record.modality, modality):
                 yield record
             elif report is not None:
-                report.warn(f"not modality {modality!r} (subset)", record.source_id)
+                report.warn(f"left out by the modality filter (not {modality!r})", record.source_id)
 
-    selected = matching() if first is None else islice(matching(), first)
+    def counted(selected: Iterable[Record]) -> Iterator[Record]:
+        n = 0
+        for record in selected:
+            n += 1
+            yield record
+        if first is not None and n < first and report is not None:
+            report.warn(f"subset smaller than asked: {n} of the first {first} matching records exist")
+
+    selected = counted(matching() if first is None else islice(matching(), first))
     if shuffle_seed is None:
         return selected
     import numpy as np
