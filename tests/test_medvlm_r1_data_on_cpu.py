@@ -247,8 +247,10 @@ def test_cli_medvlm_r1_subset(tmp_path, capsys):
     assert [e["source_id"] for e in df["extra_info"]] == expected
     assert "Your task:" in df["prompt"][0][0]["content"] and len(df["prompt"][0]) == 1
     # CT test set in the same template
-    assert main([*base, "--modality", "CT", "--prompt-style", "medvlm_r1"]) == 0
-    assert {e["modality"] for e in pd.read_parquet(out)["extra_info"]} == {CT}
+    assert main([*base, "--modality", "CT", "--prompt-style", "medvlm_r1", "--data-source", "medvlm_r1_ct"]) == 0
+    df = pd.read_parquet(out)
+    assert {e["modality"] for e in df["extra_info"]} == {CT} and set(df["data_source"]) == {"medvlm_r1_ct"}
+    assert {e["dataset"] for e in df["extra_info"]} == {"huatuo_eval"}
     capsys.readouterr()
     for extra, message in (
         (["--medvlm-r1-subset", "--modality", "CT"], "sets --modality"),

@@ -119,6 +119,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="shuffle the selected questions with this seed (numpy default_rng, as datasets.shuffle)",
     )
     parser.add_argument(
+        "--data-source",
+        default=None,
+        help="value of the data_source column (default: the dataset's name); veRL's validation reports "
+        "accuracy per data_source, e.g. medvlm_r1_mri / medvlm_r1_ct / medvlm_r1_xray",
+    )
+    parser.add_argument(
         "--medvlm-r1-subset",
         action="store_true",
         help=(
@@ -257,6 +263,7 @@ def _main(argv: list[str]) -> int:
         limit=limit,
         tool_prompt=tool_prompt,
         prompt_style=prompt_style,
+        data_source=args.data_source,
         embed_images=not args.no_embed_images,
         agent_name=agent_name,
         system_prompt=system_prompt,

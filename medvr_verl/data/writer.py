@@ -3,9 +3,11 @@
 Row format (one row per question; read by veRL's ``RLHFDataset``)::
 
     data_source   string        "vqa_rad" | "slake" | "path_vqa" | "pmc_vqa" | "omnimedvqa" | "medxpertqa_mm"
+                                | "huatuo_eval", or the name given (``data_source=``)
     prompt        list<struct<role: string, content: string>>
                   [system (SYSTEM_PROMPT / TEXT_SYSTEM_PROMPT / yours), user ("<image>\\n"*n + question
-                  + options + instruction)]
+                  + options + instruction)]; prompt_style="medvlm_r1": [user ("<image>"*n +
+                  MEDVLM_R1_QUESTION_TEMPLATE)]
     images        list<struct<bytes: binary>>   (embed_images=True: original encoded file bytes)
                   list<string>                  (embed_images=False: absolute file paths)
     reward_model  struct<style: string ("rule"), ground_truth: string (option letter for MC)>
@@ -14,7 +16,7 @@ Row format (one row per question; read by veRL's ``RLHFDataset``)::
                     source_split: string     the release's split name (test_clean, validate, ...)
                     index: int64             row number in this file (0-based)
                     source_id: string        the release's question id
-                    dataset: string          == data_source
+                    dataset: string          the reader's name (== data_source unless one was given)
                     question: string
                     question_type: string    multiple_choice | closed | open
                     options: struct<A, B, C, D, E: string>  (null for closed/open; unused letters null)
@@ -210,6 +212,7 @@ def build_row(
     agent_name: str | None,
     report: ConversionReport | None = None,
     prompt_style: str = "medvr",
+    data_source: str | None = None,
 ) -> dict:
     """The parquet row of ``record``; ``images`` are the payloads (``{"bytes": ...}`` or paths)."""
     report = report if report is not None else ConversionReport()
@@ -218,7 +221,7 @@ def build_row(
     if record.options:
         options = {letter: record.options.get(letter) for letter in OPTION_LETTERS}
     row = {
-        "data_source": record.dataset,
+        "data_source": data_source or record.dataset,
         "prompt": build_messages(record, system_prompt, prompt_style),
         "images": images,
         "reward_model": {"style": "rule", "ground_truth": record.answer},
@@ -409,6 +412,7 @@ def write_records(
     allow_empty: bool = False,
     progress: bool = True,
     prompt_style: str = "medvr",
+    data_source: str | None = None,
     row_group_size: int = 64,
     row_group_bytes: int = 64 << 20,
 ) -> ConversionReport:
@@ -485,6 +489,7 @@ def write_records(
                 agent_name=agent_name,
                 report=report,
                 prompt_style=prompt_style,
+                data_source=data_source,
             )
             buffer.append(row)
             buffered_bytes += sum(len(p["bytes"]) if isinstance(p, dict) else len(p) for p in payloads)
@@ -527,6 +532,7 @@ def convert(
     progress: bool = True,
     verbose: bool = True,
     prompt_style: str = "medvr",
+    data_source: str | None = None,
     modality: str | None = None,
     first: int | None = None,
     shuffle_seed: int | None = None,
@@ -554,6 +560,9 @@ def convert(
         verbose: print the report's summary at the end.
         prompt_style: ``medvr`` (our prompts) or ``medvlm_r1`` (MedVLM-R1's question template, no
             system turn; needs ``tool_prompt=False``; non-multiple-choice records are skipped).
+        data_source: the ``data_source`` column (default the dataset's name). veRL's validation
+            reports accuracy per ``data_source``, so e.g. ``medvlm_r1_ct`` keeps MedVLM-R1's MRI,
+            CT and X-ray test sets apart in one run.
         modality, first, shuffle_seed: pick a subset of the reader's records before writing
             (:func:`medvr_verl.data.subset.select_records`; MedVLM-R1's training set is
             :data:`~medvr_verl.data.subset.MEDVLM_R1_SUBSET`). ``first`` counts records chosen,
@@ -582,6 +591,7 @@ def convert(
         allow_empty=allow_empty,
         progress=progress,
         prompt_style=prompt_style,
+        data_source=data_source,
     )
     if verbose:
         print(report.summary(), file=sys.stderr)
