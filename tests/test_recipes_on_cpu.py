@@ -140,6 +140,56 @@ def test_medvlm_r1_recipe_uses_the_scoring_callable(tiny_model_path):
     assert config.trainer.total_epochs == 2 and "Qwen2-VL-2B" in open(_recipe_file("medvlm_r1")).read()
 
 
+def test_medvlm_r1_recipe_loads_through_medvr_dataset(tiny_model_path, tmp_path, caplog):
+    """Issue 19 item 2: MedVLM-R1's prompt (converter --prompt-style medvlm_r1) through the recipe's
+    data.custom_cls, veRL's create_rl_dataset and the processor; overlong prompts counted and logged."""
+    import logging
+
+    import numpy as np
+    from PIL import Image
+    from verl.trainer.ppo.utils import create_rl_dataset
+
+    from medvr_verl.data import ImageRef, Record, write_records
+    from medvr_verl.data.dataset import MedVRDataset
+
+    config = compose_recipe("medvr_verl.recipes.medvlm_r1", "medvlm_r1", tiny_model_path)
+    assert config.data.custom_cls.name == "MedVRDataset" and config.data.filter_overlong_prompts
+    # MedVLM-R1's trainer: one on-policy update per batch, per-answer token mean, top_k 50, no weight decay
+    actor, rollout = config.actor_rollout_ref.actor, config.actor_rollout_ref.rollout
+    assert actor.ppo_mini_batch_size == config.data.train_batch_size and actor.loss_agg_mode == "seq-mean-token-mean"
+    assert (rollout.temperature, rollout.top_k, rollout.top_p, actor.optim.weight_decay) == (1.0, 50, 1.0, 0.0)
+    config.data.filter_overlong_prompts_workers = None  # in-process: a forked pool can hang beside threads
+    rng = np.random.default_rng(0)
+    records = [
+        Record(
+            dataset="huatuo_eval",
+            split="train",
+            source_id=f"#{i}",
+            question="What can be observed in this image?",
+            answer="B",
+            question_type="multiple_choice",
+            images=[ImageRef(name=f"{i}.png", pil=Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8)))],
+            options={"A": "Meniscal tear", "B": "ACL pathology"},
+            modality="MR (Mag-netic Resonance Imaging)",
+        )
+        for i, (w, h) in enumerate([(1200, 900), (64, 64)])
+    ]
+    path = str(tmp_path / "train.parquet")
+    write_records(records, path, tool_prompt=False, prompt_style="medvlm_r1", progress=False)
+    model = omega_conf_to_dataclass(config.actor_rollout_ref.model)
+    dataset = create_rl_dataset(path, config.data, model.tokenizer, model.processor, is_train=True)
+    assert isinstance(dataset, MedVRDataset) and len(dataset) == 2 and dataset.filtered_out == 0
+    (turn,) = dataset[0]["raw_prompt"]
+    assert turn["content"][0]["type"] == "image" and turn["content"][1]["text"].startswith("\n        What can")
+    assert "Your task:" in turn["content"][1]["text"] and len(turn["content"]) == 2
+    # the 1200x900 image is 512 visual tokens under the recipe's 401,408 pixels: over a 300-token budget
+    config.data.max_prompt_length = 300
+    with caplog.at_level(logging.WARNING, logger="medvr_verl.data.dataset"):
+        dataset = create_rl_dataset(path, config.data, model.tokenizer, model.processor, is_train=True)
+    assert len(dataset) == 1 and dataset.filtered_out == 1 and dataset.filtered_out_examples == [("huatuo_eval", 0)]
+    assert any("1 of 2 prompts" in r.getMessage() for r in caplog.records)
+
+
 def test_gpu_smoke_command_composes(tiny_model_path, tmp_path):
     """examples/gpu_smoke.py's main_ppo overrides are valid against the recipe (checked on CPU)."""
     import importlib.util

@@ -9,7 +9,8 @@
 or ``python -m medvr_verl.data slake /data/Slake1.0 slake_test.parquet --split test``.
 
 One reader per release (:func:`read_vqa_rad`, :func:`read_slake`, :func:`read_path_vqa`,
-:func:`read_pmc_vqa`, :func:`read_omnimedvqa`, :func:`read_medxpertqa_mm`) yields :class:`Record`
+:func:`read_pmc_vqa`, :func:`read_omnimedvqa`, :func:`read_medxpertqa_mm`, and
+:func:`read_huatuo_eval` for HuatuoGPT-Vision's evaluation bundle, MedVLM-R1's data) yields :class:`Record`
 objects; :func:`convert` / :func:`write_records` turn them into parquet rows (schema:
 :mod:`medvr_verl.data.writer`). Imports neither veRL nor torch.
 """
@@ -26,6 +27,7 @@ from medvr_verl.data.readers import (
     LAYOUTS,
     READERS,
     LayoutError,
+    read_huatuo_eval,
     read_medxpertqa_mm,
     read_omnimedvqa,
     read_path_vqa,
@@ -62,6 +64,7 @@ __all__ = [
     "build_row",
     "build_user_content",
     "convert",
+    "read_huatuo_eval",
     "read_medxpertqa_mm",
     "read_omnimedvqa",
     "read_path_vqa",

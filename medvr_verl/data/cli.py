@@ -13,7 +13,9 @@ import os
 import sys
 import textwrap
 
+from medvr_verl.data.prompts import PROMPT_STYLES
 from medvr_verl.data.readers import LAYOUTS, QUESTION_TYPE_RULES, READERS, LayoutError, SourceFileError
+from medvr_verl.data.subset import MEDVLM_R1_SUBSET
 from medvr_verl.data.writer import AUTO, check_output_path, convert, resolve_dataset
 
 __all__ = ["build_parser", "main"]
@@ -93,6 +95,44 @@ def build_parser() -> argparse.ArgumentParser:
         "--no-tool-prompt",
         action="store_true",
         help="text-reasoning system prompt without the zoom tool (MedVLM-R1 baseline); implies no agent_name column",
+    )
+    parser.add_argument(
+        "--prompt-style",
+        choices=PROMPT_STYLES,
+        default=None,
+        help=(
+            "medvr (default): our prompts; medvlm_r1: MedVLM-R1's question template (image, question, "
+            "'A) option' lines, its <think>/<answer> instructions) and no system turn; implies "
+            "--no-tool-prompt; keeps multiple-choice questions only"
+        ),
+    )
+    parser.add_argument(
+        "--modality",
+        default=None,
+        help="keep only questions of this imaging modality (MRI, CT, X-ray match each release's spelling; "
+        "other values match the release's label exactly)",
+    )
+    parser.add_argument(
+        "--shuffle-seed",
+        type=int,
+        default=None,
+        help="shuffle the selected questions with this seed (numpy default_rng, as datasets.shuffle)",
+    )
+    parser.add_argument(
+        "--data-source",
+        default=None,
+        help="value of the data_source column (default: the dataset's name); veRL's validation reports "
+        "accuracy per data_source, e.g. medvlm_r1_mri / medvlm_r1_ct / medvlm_r1_xray",
+    )
+    parser.add_argument(
+        "--medvlm-r1-subset",
+        action="store_true",
+        help=(
+            "MedVLM-R1's training set: the first 600 MRI questions ('MR (Mag-netic Resonance Imaging)') in "
+            "the source's order, shuffled with seed 42, in its prompt style. Exact from huatuo_eval (the "
+            "bundle it used); from omnimedvqa the same modality but another order, so other questions. "
+            "--limit N sets the size instead (500: its released script)"
+        ),
     )
     parser.add_argument("--no-embed-images", action="store_true", help="store absolute image paths instead of bytes")
     parser.add_argument(
@@ -186,12 +226,31 @@ def _main(argv: list[str]) -> int:
         kwargs["answer_from_text"] = True
     if args.max_image_pixels is not None:
         kwargs["max_image_pixels"] = args.max_image_pixels
+    subset: dict = {}
+    prompt_style = args.prompt_style or "medvr"
+    limit = args.limit
+    if args.medvlm_r1_subset:
+        if args.modality is not None or args.shuffle_seed is not None:
+            raise UsageError("--medvlm-r1-subset sets --modality and --shuffle-seed itself; give one or the other")
+        if args.prompt_style not in (None, "medvlm_r1"):
+            raise UsageError(f"--medvlm-r1-subset writes MedVLM-R1's prompt; drop --prompt-style {args.prompt_style}")
+        if limit is not None and limit < 0:
+            raise UsageError(f"--limit must be >= 0, got {limit}")
+        subset = dict(MEDVLM_R1_SUBSET)
+        if limit is not None:
+            subset["first"], limit = limit, None
+        prompt_style = "medvlm_r1"
+    else:
+        subset = {"modality": args.modality, "shuffle_seed": args.shuffle_seed}
+    if prompt_style == "medvlm_r1" and args.system_prompt_file is not None:
+        raise UsageError("--prompt-style medvlm_r1 has no system turn; drop --system-prompt-file")
+    tool_prompt = not args.no_tool_prompt and prompt_style != "medvlm_r1"
     agent_name = None if args.no_agent_name else (args.agent_name or AUTO)
     system_prompt = None
     if args.system_prompt_file is not None:
         system_prompt = _read_system_prompt(args.system_prompt_file)
-    if args.limit is not None and args.limit < 0:
-        raise UsageError(f"--limit must be >= 0, got {args.limit}")
+    if limit is not None and limit < 0:
+        raise UsageError(f"--limit must be >= 0, got {limit}")
     try:
         check_output_path(args.out)
     except ValueError as exc:
@@ -201,13 +260,16 @@ def _main(argv: list[str]) -> int:
         args.source,
         args.out,
         split=args.split,
-        limit=args.limit,
-        tool_prompt=not args.no_tool_prompt,
+        limit=limit,
+        tool_prompt=tool_prompt,
+        prompt_style=prompt_style,
+        data_source=args.data_source,
         embed_images=not args.no_embed_images,
         agent_name=agent_name,
         system_prompt=system_prompt,
         progress=not args.no_progress,
         verbose=False,
+        **subset,
         **kwargs,
     )
     print(report.summary())

@@ -93,6 +93,7 @@ __all__ = [
     "LayoutError",
     "READERS",
     "SourceFileError",
+    "read_huatuo_eval",
     "read_medxpertqa_mm",
     "pmc_vqa_version",
     "read_omnimedvqa",
@@ -128,6 +129,13 @@ LAYOUTS: dict[str, str] = {
         "OmniMedVQA: <root>/QA_information/Open-access/*.json (lists of records with question_id, question, "
         "gt_answer, image_path, option_A..option_D, modality_type, dataset) and <root>/Images/...; "
         "no official split: --split only labels the rows."
+    ),
+    "huatuo_eval": (
+        "HuatuoGPT-Vision's evaluation bundle (FreedomIntelligence/Medical_Multimodal_Evaluation_Data, the "
+        "data MedVLM-R1 trained and tested on): <root>/medical_multimodel_evaluation_data.json (a list of "
+        "records with question, options, answer = an option's text, image = [paths], dataset, subset) and "
+        "the image paths relative to <root>; one split: --split only labels the rows. Or a json file of such "
+        "records in the bundle's folder (MedVLM-R1's MRI_CT_XRAY_300each_dataset.json test sets)."
     ),
     "medxpertqa_mm": (
         "MedXpertQA (MM subset): <root>/MM/{dev,test}.jsonl (records id, question, options, label, images, ...) "
@@ -1046,6 +1054,84 @@ def read_medxpertqa_mm(
     return generate()
 
 
+# --------------------------------------------------------------------------------------------------
+# HuatuoGPT-Vision evaluation bundle (MedVLM-R1's data)
+# --------------------------------------------------------------------------------------------------
+
+HUATUO_EVAL_FILE = "medical_multimodel_evaluation_data.json"
+
+
+def read_huatuo_eval(
+    source: object, split: str = "test", *, report: ConversionReport | None = None
+) -> Iterator[Record]:
+    """Multiple-choice questions of HuatuoGPT-Vision's evaluation bundle, in file order (the order
+    MedVLM-R1's ``select(range(n))`` counts in). ``answer`` is an option's text; its letter is the
+    first option equal to it (MedVLM-R1's ``options.index(answer)``), else a unique match after
+    normalization. ``modality`` is the record's ``subset`` (OmniMedVQA's modality label, e.g.
+    ``"MR (Mag-netic Resonance Imaging)"``, or the source benchmark's name); ``meta`` keeps
+    ``dataset``, ``subset`` and ``position`` (the index in the file). ``split`` only labels the rows.
+
+    ``source`` is the bundle folder, or a ``.json`` file of records in the same form whose image paths
+    are relative to its folder (MedVLM-R1's released test sets, ``MRI_CT_XRAY_300each_dataset.json``:
+    300 MRI, 300 CT, 300 X-ray questions of the bundle, placed in the bundle folder).
+    """
+    report = _report(report, "huatuo_eval", split)
+    if isinstance(source, (str, os.PathLike)) and str(source).lower().endswith(".json") and Path(source).is_file():
+        path = Path(source).expanduser()
+        root = path.parent
+    else:
+        root = _root(source, "huatuo_eval")
+        path = _require(root, HUATUO_EVAL_FILE, "huatuo_eval")
+
+    def generate() -> Iterator[Record]:
+        entries = _records_list(_load_json(path, "huatuo_eval", root), path, "huatuo_eval", root)
+        for i, entry in enumerate(entries):
+            source_id = f"#{i}"
+            if not isinstance(entry, Mapping):
+                report.skip(malformed("record"), source_id)
+                continue
+            question, answer = _text(entry, "question"), _text(entry, "answer")
+            if question is None or answer is None:
+                report.skip(malformed("question" if question is None else "answer"), source_id)
+                continue
+            raw = entry.get("options")
+            if not isinstance(raw, list) or len(raw) < 2 or any(_text({"o": o}, "o") is None for o in raw):
+                report.skip(malformed("options"), source_id)
+                continue
+            if len(raw) > len(OPTION_LETTERS):
+                report.skip(SKIP_TOO_MANY_OPTIONS, source_id)
+                continue
+            options = {OPTION_LETTERS[k]: _text({"o": o}, "o") for k, o in enumerate(raw)}
+            exact = [k for k, v in options.items() if v == answer]
+            letters = exact[:1] or _match_option(options, answer)
+            if len(letters) != 1:
+                report.skip(SKIP_ANSWER_NOT_IN_OPTIONS if not letters else SKIP_AMBIGUOUS_ANSWER, source_id)
+                continue
+            images = entry.get("image")
+            images = [images] if isinstance(images, str) else images
+            if not isinstance(images, list) or not images:
+                report.skip(SKIP_NO_IMAGE, source_id)
+                continue
+            if not all(isinstance(n, str) and n.strip() for n in images):
+                report.skip(malformed("image"), source_id)
+                continue
+            rels = [n.strip().replace("\\", "/").lstrip("/") for n in images]
+            yield Record(
+                dataset="huatuo_eval",
+                split=split,
+                source_id=source_id,
+                question=question,
+                answer=letters[0],
+                question_type="multiple_choice",
+                images=[ImageRef.file(root / rel, name=rel) for rel in rels],
+                options=options,
+                modality=_text(entry, "subset"),
+                meta=_string_fields(entry, ("dataset", "subset")) | {"position": i},
+            )
+
+    return generate()
+
+
 def _string_fields(entry: dict, keys) -> dict:
     """The release's extra labels of a record kept in ``meta``: those of ``keys`` that are strings."""
     return {k: entry[k] for k in keys if isinstance(entry.get(k), str)}
@@ -1058,4 +1144,5 @@ READERS = {
     "pmc_vqa": read_pmc_vqa,
     "omnimedvqa": read_omnimedvqa,
     "medxpertqa_mm": read_medxpertqa_mm,
+    "huatuo_eval": read_huatuo_eval,
 }

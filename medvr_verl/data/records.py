@@ -22,6 +22,7 @@ __all__ = [
     "SKIP_MISSING_IMAGE",
     "SKIP_NON_ENGLISH",
     "SKIP_NO_IMAGE",
+    "SKIP_NOT_MULTIPLE_CHOICE",
     "SKIP_TOO_MANY_OPTIONS",
     "SKIP_TRAIN_TEST_OVERLAP",
     "SKIP_UNKNOWN_ANSWER_LABEL",
@@ -54,6 +55,7 @@ SKIP_AMBIGUOUS_ANSWER = "answer matches several options"
 SKIP_TOO_MANY_OPTIONS = f"more than {len(OPTION_LETTERS)} options"
 SKIP_DUPLICATE = "duplicate (image, question, answer)"
 SKIP_TRAIN_TEST_OVERLAP = "train record also in the test split"
+SKIP_NOT_MULTIPLE_CHOICE = "not multiple choice (the MedVLM-R1 template asks for a letter)"
 
 
 def malformed(field_name: str) -> str:

@@ -3,9 +3,11 @@
 Row format (one row per question; read by veRL's ``RLHFDataset``)::
 
     data_source   string        "vqa_rad" | "slake" | "path_vqa" | "pmc_vqa" | "omnimedvqa" | "medxpertqa_mm"
+                                | "huatuo_eval", or the name given (``data_source=``)
     prompt        list<struct<role: string, content: string>>
                   [system (SYSTEM_PROMPT / TEXT_SYSTEM_PROMPT / yours), user ("<image>\\n"*n + question
-                  + options + instruction)]
+                  + options + instruction)]; prompt_style="medvlm_r1": [user ("<image>"*n +
+                  MEDVLM_R1_QUESTION_TEMPLATE)]
     images        list<struct<bytes: binary>>   (embed_images=True: original encoded file bytes)
                   list<string>                  (embed_images=False: absolute file paths)
     reward_model  struct<style: string ("rule"), ground_truth: string (option letter for MC)>
@@ -14,7 +16,7 @@ Row format (one row per question; read by veRL's ``RLHFDataset``)::
                     source_split: string     the release's split name (test_clean, validate, ...)
                     index: int64             row number in this file (0-based)
                     source_id: string        the release's question id
-                    dataset: string          == data_source
+                    dataset: string          the reader's name (== data_source unless one was given)
                     question: string
                     question_type: string    multiple_choice | closed | open
                     options: struct<A, B, C, D, E: string>  (null for closed/open; unused letters null)
@@ -58,7 +60,7 @@ from collections.abc import Iterable, Iterator
 from typing import Any
 
 from medvr_verl import io_utils
-from medvr_verl.data.prompts import build_messages, default_system_prompt
+from medvr_verl.data.prompts import PROMPT_STYLES, build_messages, default_system_prompt
 from medvr_verl.data.readers import READERS
 from medvr_verl.data.records import (
     OPTION_LETTERS,
@@ -66,12 +68,14 @@ from medvr_verl.data.records import (
     SKIP_IMAGE_TOO_LARGE,
     SKIP_MISSING_IMAGE,
     SKIP_NO_IMAGE,
+    SKIP_NOT_MULTIPLE_CHOICE,
     SKIP_UNREADABLE_IMAGE,
     ConversionReport,
     ImageRef,
     Record,
     split_role,
 )
+from medvr_verl.data.subset import select_records
 from medvr_verl.tools.image_io import (
     USE_PIL_LIMIT,
     EmptyImageError,
@@ -119,6 +123,9 @@ DATASET_ALIASES = {
     "medxpertqa_mm": "medxpertqa_mm",
     "medxpertqa": "medxpertqa_mm",
     "medxqa": "medxpertqa_mm",
+    "huatuo_eval": "huatuo_eval",
+    "huatuogpt_vision_eval": "huatuo_eval",
+    "medical_multimodal_evaluation_data": "huatuo_eval",
 }
 
 
@@ -204,6 +211,8 @@ def build_row(
     system_prompt: str | None,
     agent_name: str | None,
     report: ConversionReport | None = None,
+    prompt_style: str = "medvr",
+    data_source: str | None = None,
 ) -> dict:
     """The parquet row of ``record``; ``images`` are the payloads (``{"bytes": ...}`` or paths)."""
     report = report if report is not None else ConversionReport()
@@ -212,8 +221,8 @@ def build_row(
     if record.options:
         options = {letter: record.options.get(letter) for letter in OPTION_LETTERS}
     row = {
-        "data_source": record.dataset,
-        "prompt": build_messages(record, system_prompt),
+        "data_source": data_source or record.dataset,
+        "prompt": build_messages(record, system_prompt, prompt_style),
         "images": images,
         "reward_model": {"style": "rule", "ground_truth": record.answer},
         "extra_info": {
@@ -402,6 +411,8 @@ def write_records(
     max_image_pixels: Any = USE_PIL_LIMIT,
     allow_empty: bool = False,
     progress: bool = True,
+    prompt_style: str = "medvr",
+    data_source: str | None = None,
     row_group_size: int = 64,
     row_group_bytes: int = 64 << 20,
 ) -> ConversionReport:
@@ -412,10 +423,16 @@ def write_records(
     report = report if report is not None else ConversionReport()
     if limit is not None and limit < 0:
         raise ValueError(f"limit must be >= 0 or None, got {limit}")
+    if prompt_style not in PROMPT_STYLES:
+        raise ValueError(f"prompt_style must be one of {PROMPT_STYLES}, got {prompt_style!r}")
+    medvlm_r1 = prompt_style == "medvlm_r1"
+    if medvlm_r1 and tool_prompt:
+        raise ValueError("prompt_style 'medvlm_r1' is the text baseline's template; pass tool_prompt=False")
     if agent_name is AUTO:
         agent_name = DEFAULT_AGENT_NAME if tool_prompt else None
     if system_prompt is None:
-        system_prompt = default_system_prompt(tool_prompt)
+        # MedVLM-R1's trainer sends no system turn (Qwen2-VL's chat template adds its default one)
+        system_prompt = "" if medvlm_r1 else default_system_prompt(tool_prompt)
     resolve_pixel_limit(max_image_pixels)  # ValueError for a bad limit, before anything is read
     out_path = check_output_path(out_path)
     report.out_path = out_path
@@ -453,6 +470,9 @@ def write_records(
             if not record.images:
                 report.skip(SKIP_NO_IMAGE, record.source_id)
                 continue
+            if medvlm_r1 and record.question_type != "multiple_choice":
+                report.skip(SKIP_NOT_MULTIPLE_CHOICE, record.source_id)
+                continue
             try:
                 loaded = [loader.load(ref, record.source_id) for ref in record.images]
             except _ImageSkip as skip:
@@ -468,6 +488,8 @@ def write_records(
                 system_prompt=system_prompt,
                 agent_name=agent_name,
                 report=report,
+                prompt_style=prompt_style,
+                data_source=data_source,
             )
             buffer.append(row)
             buffered_bytes += sum(len(p["bytes"]) if isinstance(p, dict) else len(p) for p in payloads)
@@ -509,6 +531,11 @@ def convert(
     allow_empty: bool = False,
     progress: bool = True,
     verbose: bool = True,
+    prompt_style: str = "medvr",
+    data_source: str | None = None,
+    modality: str | None = None,
+    first: int | None = None,
+    shuffle_seed: int | None = None,
     **reader_kwargs: Any,
 ) -> ConversionReport:
     """Convert one split of a public medical VQA release to a veRL parquet file.
@@ -531,6 +558,15 @@ def convert(
         allow_empty: write a file with no rows instead of raising when nothing is left.
         progress: tqdm progress bar on stderr.
         verbose: print the report's summary at the end.
+        prompt_style: ``medvr`` (our prompts) or ``medvlm_r1`` (MedVLM-R1's question template, no
+            system turn; needs ``tool_prompt=False``; non-multiple-choice records are skipped).
+        data_source: the ``data_source`` column (default the dataset's name). veRL's validation
+            reports accuracy per ``data_source``, so e.g. ``medvlm_r1_ct`` keeps MedVLM-R1's MRI,
+            CT and X-ray test sets apart in one run.
+        modality, first, shuffle_seed: pick a subset of the reader's records before writing
+            (:func:`medvr_verl.data.subset.select_records`; MedVLM-R1's training set is
+            :data:`~medvr_verl.data.subset.MEDVLM_R1_SUBSET`). ``first`` counts records chosen,
+            ``limit`` rows written.
         **reader_kwargs: passed to the reader (``english_only`` for SLAKE, ``dedupe`` for VQA-RAD,
             ``access`` for OmniMedVQA).
 
@@ -540,6 +576,8 @@ def convert(
     name = resolve_dataset(dataset)
     report = ConversionReport(dataset=name, split=split)
     records = READERS[name](source, split, report=report, **reader_kwargs)
+    if modality is not None or first is not None or shuffle_seed is not None:
+        records = select_records(records, modality=modality, first=first, shuffle_seed=shuffle_seed, report=report)
     write_records(
         records,
         out_path,
@@ -552,6 +590,8 @@ def convert(
         max_image_pixels=max_image_pixels,
         allow_empty=allow_empty,
         progress=progress,
+        prompt_style=prompt_style,
+        data_source=data_source,
     )
     if verbose:
         print(report.summary(), file=sys.stderr)
