@@ -9,6 +9,7 @@ Files are written by this project's converter (``medvr_verl.data.write_records``
 from __future__ import annotations
 
 import logging
+import os
 import subprocess
 import sys
 
@@ -182,10 +183,12 @@ def test_main_ppo_stops_before_ray_with_one_line_per_problem(good, tmp_path):
         "verl.trainer.main_ppo",
         "--config-path=pkg://medvr_verl.recipes.medvr",
         "--config-name=medvr",
+        "+backend=cpu",  # past the GPU check, which runs first (no GPU here)
         f"data.train_files={bad}",
         f"data.val_files={empty}",
     ]
-    result = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    env = {**os.environ, "VERL_PLATFORM": "cpu"}
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env)
     assert result.returncode == 1, result.stderr[-2000:]
     assert "the data cannot train as configured" in result.stderr
     assert "int_gt.parquet: row 0, 1, 2" in result.stderr and "empty.parquet: the file has no rows" in result.stderr
