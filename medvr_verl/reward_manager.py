@@ -50,7 +50,7 @@ from verl.experimental.reward_loop.reward_manager.base import RewardManagerBase
 
 from medvr_verl import scoring
 from medvr_verl.composite import TOOL_REWARD_VARIANTS, GroupRewards, MemberOutcome, group_rewards
-from medvr_verl.consensus import DEFAULT_QUORUM, QUORUM_RULES
+from medvr_verl.consensus import DEFAULT_QUORUM, QUORUM_RULES, gt_agreement
 from medvr_verl.tool_calls import DEFAULT_TOOL_NAME, trajectory_boxes
 
 logger = logging.getLogger(__name__)
@@ -60,6 +60,7 @@ GROUP_META_KEY = "medvr_group"
 GROUP_REWARDS_KEY = "medvr_group_rewards"
 GROUP_EXPECTED_KEY = "medvr_group_expected"
 """meta_info key: how many members the group should have had (fewer arrived: a partial group)."""
+_GT_BOXES = "_medvr_gt_boxes"  # carried from _score_row to _result only, never returned
 VALIDATION_SPLITS = frozenset({"test", "val", "valid", "validation", "eval", "dev"})
 
 
@@ -107,6 +108,23 @@ class CCARewardSettings:
         if unknown:  # a typo would silently keep a default: say so (other managers' keys may sit here too)
             logger.warning("medvr_cca ignores reward.reward_kwargs %s; its options are %s", unknown, sorted(known))
         return cls(**{k: v for k, v in kwargs.items() if k in known})
+
+
+def gt_boxes_of(extra_info: Any) -> list[list[float]]:
+    """``extra_info["gt_boxes"]`` (the converters' annotated boxes, pixels of image 0) as float lists;
+    ``[]`` when absent or malformed (a parquet round trip gives numpy arrays of arrays)."""
+    raw = extra_info.get("gt_boxes") if isinstance(extra_info, dict) else None
+    if raw is None:
+        return []
+    boxes = []
+    try:
+        for box in raw:
+            values = [float(v) for v in box]
+            if len(values) == 4 and all(math.isfinite(v) for v in values):
+                boxes.append(values)
+    except (TypeError, ValueError):
+        return []
+    return boxes
 
 
 @register("medvr_cca")
@@ -229,14 +247,23 @@ class MedVRCCARewardManager(RewardManagerBase):
             group_uid=str(non_tensor.get("uid", "")),
             sample_index=int(index) if isinstance(index, int | np.integer) else -1,
         )
+        info[_GT_BOXES] = gt_boxes_of(extra_info)
         return MemberOutcome(base_score=base, acc=acc, boxes=boxes), info
 
-    @staticmethod
-    def _result(info: dict, group: GroupRewards, member: int, partial: bool) -> dict:
-        """veRL's reward result of one member; every member's extra info has the same keys."""
+    def _result(self, info: dict, group: GroupRewards, member: int, partial: bool) -> dict:
+        """veRL's reward result of one member; every member's extra info has the same keys.
+
+        With annotated boxes (``extra_info.gt_boxes``) it also carries the consensus monitor
+        (:func:`medvr_verl.consensus.gt_agreement`: ``cca_gt_iou``, ``cca_gt_hit``, ``zoom_gt_iou``,
+        ``zoom_gt_hit``; NaN where undefined), which the V1 worker turns into ``medvr/...`` metrics."""
         reward = group.members[member]
+        info = dict(info)
+        gt = info.pop(_GT_BOXES, [])
+        zooms = [(int(z[0]), tuple(z[1:])) for z in json.loads(info.get("zoom_boxes_json", "[]"))]
+        monitor = gt_agreement(group.consensus, zooms, gt, self.settings.eta)
         info = {
             **info,
+            **monitor,
             "tool_reward": reward.tool_reward,
             "cca_iou": reward.iou,
             "cca_in_quorum": reward.in_quorum,
