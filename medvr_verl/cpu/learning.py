@@ -44,7 +44,32 @@ CURVE = {
 }
 #: what chance gives on the stripes task with a 2 x 2 grid and two answers (uniform decisions)
 CHANCE = {"acc": 0.5, "zoom_gt_hit": 0.25, "zoom_gt_iou": 0.25}
-PIXELS = 112 * 112  # the model sees the 224-pixel images at half size: the lines average out
+IMAGE_SIZE = 448
+PIXELS = (IMAGE_SIZE // 2) ** 2  # the model sees the images at half size: the lines average out
+#: a short system prompt and tool schema: the tiny model's prompt is mostly text, and every token of
+#: it dilutes the attention the answer pays to the crop (1,135 prompt tokens with the recipe's)
+SYSTEM_PROMPT = "Zoom into the image with the tool, then give the option's letter in <answer> </answer>."
+TOOL_CONFIG = {
+    "tools": [
+        {
+            "class_name": "medvr_verl.tools.zoom.ZoomInTool",
+            "config": {"type": "native", "min_crop_side": 28},
+            "tool_schema": {
+                "type": "function",
+                "function": {
+                    "name": "image_zoom_in_tool",
+                    "description": "Zoom in.",
+                    "parameters": {
+                        "type": "object",
+                        "properties": {"bbox_2d": {"type": "array", "description": "[x1, y1, x2, y2]"}},
+                        "required": ["bbox_2d"],
+                    },
+                },
+            },
+        }
+    ]
+}
+DEFAULT_LR = 1e-2
 
 
 def build_data(out: Path, num_records: int = 64, seed: int = 0, cells=(3,)) -> Path:
@@ -52,7 +77,14 @@ def build_data(out: Path, num_records: int = 64, seed: int = 0, cells=(3,)) -> P
     from medvr_verl.data.synthetic import write_stripes
 
     path = out / "stripes.parquet"
-    write_stripes(path, num_records, seed=seed, cells=cells)
+    write_stripes(path, num_records, seed=seed, cells=cells, size=IMAGE_SIZE, system_prompt=SYSTEM_PROMPT)
+    return path
+
+
+def write_tool_config(out: Path) -> Path:
+    """The zoom tool with a short schema (:data:`TOOL_CONFIG`), as ``out/zoom_tool.yaml``."""
+    path = out / "zoom_tool.yaml"
+    path.write_text(json.dumps(TOOL_CONFIG, indent=1))  # JSON is YAML
     return path
 
 
@@ -63,8 +95,8 @@ def overrides(
     *,
     steps: int = 40,
     n: int = 4,
-    batch_size: int = 4,
-    lr: float = 5e-3,
+    batch_size: int = 8,
+    lr: float = DEFAULT_LR,
     seed: int = 0,
     tool_reward: str = "consensus",
     evr: bool = True,
@@ -73,6 +105,8 @@ def overrides(
     """:func:`medvr_verl.cpu.tiny_run.overrides` with the constrained policy and the learning settings."""
     mine = {
         "actor_rollout_ref.actor.optim.lr": f"{lr}",
+        # two policy updates per step (mini-batches of half the prompts)
+        "actor_rollout_ref.actor.ppo_mini_batch_size": f"{max(batch_size // 2, 1)}",
         "data.max_response_length": "512",
         "data.seed": f"{seed}",
         "data.mm_processor_kwargs.min_pixels": f"{PIXELS}",
@@ -87,6 +121,7 @@ def overrides(
         "reward.reward_kwargs.quorum": "correct",
         "reward.reward_kwargs.eta": "0.5",
         "trainer.experiment_name": "learning",
+        "actor_rollout_ref.rollout.multi_turn.tool_config_path": str(write_tool_config(out)),
     }
     base = tiny_run.overrides(model, data, out, steps=steps, backend="cpu", policy="constrained", n=n, batch_size=batch_size)
     kept = [o for o in base if o.split("=", 1)[0] not in mine]

@@ -1,6 +1,6 @@
 """A synthetic zoom task whose answer is visible only inside a known region: ``stripes``.
 
-Each image is a uniform gray square (``size`` pixels, default 224) with one ``grid x grid`` cell
+Each image is a uniform gray square (``size`` pixels, default 224; the learning run uses 448) with one ``grid x grid`` cell
 holding black-and-white lines one pixel wide, horizontal (answer ``A``) or vertical (answer ``B``).
 Seen whole at the recipe's pixel budget (``data.mm_processor_kwargs``: half the side, so 112 x 112
 for the default size) the image is shrunk 2x, which averages every pair of lines to the background's
@@ -110,6 +110,7 @@ def write_stripes(
     grid: int = 2,
     cells: Sequence[int] = (3,),
     split: str = "train",
+    system_prompt: str | None = None,
     progress: bool = False,
 ) -> ConversionReport:
     """Write :func:`stripes_records` to ``out_path`` with :func:`medvr_verl.data.write_records`."""
@@ -117,4 +118,4 @@ def write_stripes(
 
     records = stripes_records(num_records, seed=seed, size=size, grid=grid, cells=cells, split=split)
     report = ConversionReport(dataset=DATASET, split=split)
-    return write_records(records, out_path, report=report, progress=progress)
+    return write_records(records, out_path, report=report, system_prompt=system_prompt, progress=progress)
