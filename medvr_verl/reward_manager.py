@@ -259,6 +259,8 @@ class MedVRCCARewardManager(RewardManagerBase):
         reward = group.members[member]
         info = dict(info)
         gt = info.pop(_GT_BOXES, [])
+        if info.get("boxes_from_text"):
+            gt = []  # boxes in the model's image space, gt boxes in the original's: not comparable
         zooms = [(int(z[0]), tuple(z[1:])) for z in json.loads(info.get("zoom_boxes_json", "[]"))]
         monitor = gt_agreement(group.consensus, zooms, gt, self.settings.eta)
         info = {

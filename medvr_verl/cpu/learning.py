@@ -107,6 +107,7 @@ def overrides(
         "actor_rollout_ref.actor.optim.lr": f"{lr}",
         # two policy updates per step (mini-batches of half the prompts)
         "actor_rollout_ref.actor.ppo_mini_batch_size": f"{max(batch_size // 2, 1)}",
+        "actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu": f"{max(batch_size // 2, 1) * n}",
         "data.max_response_length": "512",
         "data.seed": f"{seed}",
         "data.mm_processor_kwargs.min_pixels": f"{PIXELS}",
