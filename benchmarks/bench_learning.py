@@ -1,6 +1,6 @@
 """Does training through veRL's trainer improve the policy? The full-length learning run on CPU.
 
-    python benchmarks/bench_learning.py --out bench_learning --steps 40
+    python benchmarks/bench_learning.py --out bench_learning --steps 30
 
 One ``python -m verl.trainer.main_ppo`` run of the MedVR recipe (``+backend=cpu``, V1 trainer,
 EVR, ``medvr_cca``) on the synthetic stripes task with the ``constrained`` policy
@@ -105,10 +105,11 @@ def run_one(model: Path, out: Path, steps: int, **kwargs) -> tuple[list[dict], d
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=Path("bench_learning"))
-    parser.add_argument("--steps", type=int, default=40)
+    parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--lr", type=float, default=learning.DEFAULT_LR)
     parser.add_argument("--ablation", action="store_true", help="the tool-reward / EVR ablation instead")
+    parser.add_argument("--replot", action="store_true", help="no training: redo CSV, PNG and checks from OUT/run")
     args = parser.parse_args(argv)
     from medvr_verl.testing.tiny_qwen25vl import tiny_qwen25vl_path
 
@@ -117,7 +118,11 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     if args.ablation:
         return ablation(model, out, args)
-    rows, summary, seconds = run_one(model, out / "run", args.steps, seed=args.seed, lr=args.lr)
+    if args.replot:
+        rows = learning.read_curve(out / "run")
+        summary, seconds = summarize(rows), float("nan")
+    else:
+        rows, summary, seconds = run_one(model, out / "run", args.steps, seed=args.seed, lr=args.lr)
     write_csv(rows, out / "curve.csv")
     plot_curve(rows, out / "curve.png", f"stripes task, constrained policy, seed {args.seed}, lr {args.lr}")
     print(f"main_ppo: {len(rows)} steps in {seconds:.0f} s; curve: {out / 'curve.csv'}, {out / 'curve.png'}")

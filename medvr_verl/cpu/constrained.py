@@ -23,7 +23,8 @@ coordinates) gets the rest of the zoom turn from where the cut left it, so it sa
 
 This module is the template and the trie (no torch); :class:`medvr_verl.cpu.server.CPURolloutServer`
 runs the model. Options under ``rollout.custom.cpu.constrained``: ``grid`` (cells per side, default
-2), ``answers`` (default ``[A, B]``), ``entropy`` (what goes to EVR, see the server).
+2), ``answers`` (default ``[A, B]``), ``entropy`` (what goes to EVR, see the server),
+``train_forced`` (default false: template tokens get ``response_mask`` 0, see the server).
 """
 
 from __future__ import annotations
@@ -59,6 +60,7 @@ class ConstrainedOptions:
     grid: int = 2
     answers: tuple[str, ...] = ("A", "B")
     entropy: str = "policy"
+    train_forced: bool = False
 
     def __post_init__(self):
         if int(self.grid) < 1:
@@ -73,13 +75,15 @@ class ConstrainedOptions:
     @classmethod
     def from_dict(cls, options) -> ConstrainedOptions:
         options = dict(options or {})
-        unknown = sorted(set(options) - {"grid", "answers", "entropy"})
+        unknown = sorted(set(options) - {"grid", "answers", "entropy", "train_forced"})
         if unknown:
             raise ValueError(f"rollout.custom.cpu.constrained: unknown options {unknown}")
         if "answers" in options:
             options["answers"] = tuple(str(a) for a in options["answers"])
         if "grid" in options:
             options["grid"] = int(options["grid"])
+        if "train_forced" in options:
+            options["train_forced"] = bool(options["train_forced"])
         return cls(**options)
 
 

@@ -117,6 +117,8 @@ def overrides(
         "actor_rollout_ref.rollout.custom.evr.seed": f"{seed}",
         "actor_rollout_ref.rollout.custom.evr.enable": "true" if evr else "false",
         "actor_rollout_ref.rollout.custom.evr.fallback": "fresh",
+        # a fork's shared prefix is template text up to the coordinates: its base trains it (nothing)
+        "actor_rollout_ref.rollout.custom.evr.mask_fork_prefix": "true",
         "actor_rollout_ref.rollout.custom.viz.dir": "null",
         "reward.reward_kwargs.tool_reward": tool_reward,
         "reward.reward_kwargs.quorum": "correct",

@@ -37,7 +37,11 @@ Policies (``rollout.custom.cpu.policy``):
   (default) the entropy of the distribution the token was actually drawn from (0 at a forced token,
   the restricted distribution's entropy at a decision), or ``model`` the full-vocabulary top-k
   estimate as the other policies report it (on a random model it is nearly flat, so EVR's dH
-  carries no signal).
+  carries no signal). Template tokens are returned flagged
+  (:data:`~medvr_verl.trajectory.FORCED_TOKENS_KEY`) and ``medvr_agent`` gives them ``response_mask``
+  0: under the constrained policy their probability is 1, so their policy gradient is 0, and only the
+  decisions are trained (``constrained.train_forced: true`` trains the template too, under the
+  model's full-vocabulary log-probs: on a random model those gradients swamp the decisions').
 """
 
 from __future__ import annotations
@@ -56,6 +60,7 @@ import torch
 
 from medvr_verl.cpu.constrained import Choice, ConstrainedOptions, TokenTrie, plan_turn
 from medvr_verl.entropy import TOKEN_ENTROPY_KEY, topk_entropy
+from medvr_verl.trajectory import FORCED_TOKENS_KEY
 
 logger = logging.getLogger(__name__)
 
@@ -257,7 +262,9 @@ class CPURolloutServer:
             token_ids = await self._scripted_tokens(request_id, prompt_ids, params, image_data, vision)
             logprobs, entropy, exact = await asyncio.to_thread(self._score, prompt_ids, token_ids, vision, params)
         elif self.policy == "constrained":
-            token_ids, logprobs, entropy, exact = await asyncio.to_thread(self._constrained, prompt_ids, params, vision)
+            token_ids, logprobs, entropy, exact, forced = await asyncio.to_thread(
+                self._constrained, prompt_ids, params, vision
+            )
         else:
             # the sampling passes' own logits, as vLLM reports them (no second pass: a random model
             # may sample vision placeholder tokens, which a fresh multimodal forward would reject)
@@ -271,6 +278,8 @@ class CPURolloutServer:
             POLICY_FIELD: self.policy,
             "medvr_cpu_weights": self.fingerprint,
         }
+        if self.policy == "constrained" and not self.options["constrained"].train_forced:
+            extra[FORCED_TOKENS_KEY] = forced
         return TokenOutput(
             token_ids=token_ids,
             log_probs=logprobs if params.get("logprobs") else None,
@@ -329,7 +338,8 @@ class CPURolloutServer:
     def _constrained(self, prompt_ids: list[int], params: dict[str, Any], vision):
         """One templated turn whose decisions the model samples (module docstring, ``constrained``).
 
-        Returns token ids, their full-vocabulary log-probs, the EVR entropies and the exact entropies."""
+        Returns token ids, their full-vocabulary log-probs, the EVR entropies, the exact entropies and
+        the forced flags (1: a template token, 0: a token the model chose among several)."""
         options: ConstrainedOptions = self.options["constrained"]
         tokenizer = self._processor.tokenizer
         sizes = self._image_sizes(vision)
@@ -353,7 +363,8 @@ class CPURolloutServer:
                     with self._lock, torch.no_grad():
                         inputs = {"input_ids": torch.tensor([prompt_ids + ids + chosen]), **vision}
                         logits = self._model(**inputs).logits[0, -1, allowed].float()
-                    logp = torch.log_softmax(logits / max(temperature, 1e-6), dim=-1)
+                    # greedy: the entropy at temperature 1, as the log-probs are (see _scores)
+                    logp = torch.log_softmax(logits / (1.0 if greedy else temperature), dim=-1)
                     drawn_entropy[len(ids) + len(chosen)] = float(-(logp.exp() * logp).sum())
                     if greedy:
                         pick = int(logp.argmax())
@@ -365,12 +376,13 @@ class CPURolloutServer:
             ids += chosen
         ids = ids + self._eos_ids()[:1]
         ids = ids[: self._token_budget(len(prompt_ids), params)]
+        forced = [0 if i in drawn_entropy else 1 for i in range(len(ids))]
         logprobs, topk, exact = self._score(prompt_ids, ids, vision, params)
         if options.entropy == "policy":
             entropy = [drawn_entropy.get(i, 0.0) for i in range(len(ids))]
         else:
             entropy = topk
-        return ids, logprobs, entropy, exact
+        return ids, logprobs, entropy, exact, forced
 
     def _score(self, prompt_ids, token_ids, vision, params) -> tuple[list[float], list[float], list[float]]:
         """Per response token: log-prob (at the request's temperature, as veRL's actor computes it), the
