@@ -47,39 +47,82 @@ def write_csv(rows: list[dict], path: Path) -> None:
         writer.writerows(rows)
 
 
-def plot_curve(rows: list[dict], path: Path, title: str) -> None:
-    import matplotlib
+COLORS = ((31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189), (140, 86, 75))
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+
+def line_chart(series: dict[str, list[float]], steps: list[int], title: str, hlines=(), size=(640, 400)):
+    """A line chart with Pillow (the project draws with Pillow only): ``series`` name -> values over
+    ``steps``, y in [0, max(1, max value)], dotted horizontal ``hlines``."""
+    from PIL import Image, ImageDraw
+
+    width, height = size
+    left, right, top, bottom = 48, 12, 34, 30 + 14 * len(series)
+    image = Image.new("RGB", size, "white")
+    draw = ImageDraw.Draw(image)
+    values = [v for vs in series.values() for v in vs if not math.isnan(v)]
+    y_max = max([1.0, *values])
+    x0, x1 = min(steps), max(max(steps), min(steps) + 1)
+
+    def xy(step, value):
+        x = left + (step - x0) / (x1 - x0) * (width - left - right)
+        y = height - bottom - value / y_max * (height - top - bottom)
+        return x, y
+
+    draw.rectangle([left, top, width - right, height - bottom], outline="black")
+    for k in range(5):
+        value = y_max * k / 4
+        _, y = xy(x0, value)
+        draw.line([left - 4, y, left, y], fill="black")
+        draw.text((4, y - 6), f"{value:.2f}", fill="black")
+    for step in (x0, (x0 + x1) // 2, x1):
+        x, _ = xy(step, 0)
+        draw.text((x - 6, height - bottom + 2), str(step), fill="black")
+    for value in hlines:
+        (xa, y), (xb, _) = xy(x0, value), xy(x1, value)
+        for x in range(int(xa), int(xb), 8):
+            draw.line([x, y, x + 3, y], fill=(128, 128, 128))
+    for i, (name, vs) in enumerate(series.items()):
+        color = COLORS[i % len(COLORS)]
+        points = [xy(s, v) for s, v in zip(steps, vs) if not math.isnan(v)]
+        if len(points) > 1:
+            draw.line(points, fill=color, width=2)
+        ly = height - bottom + 16 + 14 * i
+        draw.line([left, ly + 6, left + 20, ly + 6], fill=color, width=2)
+        draw.text((left + 26, ly), name, fill="black")
+    draw.text((left, 6), title, fill="black")
+    draw.text((width - right - 90, height - bottom + 2), "training step", fill="black")
+    return image
+
+
+def plot_curve(rows: list[dict], path: Path, title: str) -> None:
+    """``path``: two charts side by side (learning; EVR fork split and dH)."""
+    from PIL import Image
 
     steps = [r["step"] for r in rows]
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.5))
-    for name, label in (
-        ("reward", "mean reward"),
-        ("acc", "accuracy"),
-        ("zoom_gt_hit", "zooms with IoU(gt) > eta"),
-        ("cca_gt_iou", "consensus IoU with gt"),
-    ):
-        ax1.plot(steps, [r[name] for r in rows], marker=".", label=label)
-    ax1.axhline(learning.CHANCE["acc"], color="gray", ls=":", lw=1)
-    ax1.axhline(learning.CHANCE["zoom_gt_hit"], color="gray", ls="--", lw=1)
-    ax1.set_xlabel("training step")
-    ax1.set_title(title + "\n(dotted: chance accuracy, dashed: chance zoom share)", fontsize=9)
-    ax1.legend(fontsize=8)
-    for name, label in (
-        ("fork_rate_qualified", "forks at qualified calls"),
-        ("fork_rate_fallback", "forks from fallback slots"),
-        ("fresh_rate", "fresh samples"),
-        ("delta_h", "mean dH at zoom calls (nats)"),
-    ):
-        ax2.plot(steps, [r[name] for r in rows], marker=".", label=label)
-    ax2.set_xlabel("training step")
-    ax2.set_title("EVR: where the fork slots went (share of slots), and dH", fontsize=9)
-    ax2.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    learn = {
+        label: [r[name] for r in rows]
+        for name, label in (
+            ("reward", "mean reward"),
+            ("acc", "accuracy (chance 0.5)"),
+            ("zoom_gt_hit", "zooms with IoU(gt) > eta (chance 0.25)"),
+            ("cca_gt_iou", "consensus IoU with gt"),
+        )
+    }
+    evr = {
+        label: [r[name] for r in rows]
+        for name, label in (
+            ("fork_rate_qualified", "fork slots: forks at qualified calls"),
+            ("fork_rate_fallback", "fork slots: forks from the fallback"),
+            ("fresh_rate", "fork slots: fresh samples"),
+            ("delta_h", "mean dH at zoom calls (nats)"),
+        )
+    }
+    a = line_chart(learn, steps, title, hlines=(learning.CHANCE["acc"], learning.CHANCE["zoom_gt_hit"]))
+    b = line_chart(evr, steps, "EVR: where the fork slots went, and dH")
+    out = Image.new("RGB", (a.width + b.width, max(a.height, b.height)), "white")
+    out.paste(a, (0, 0))
+    out.paste(b, (a.width, 0))
+    out.save(path)
 
 
 def summarize(rows: list[dict], first: int = 3, last: int = 5) -> dict[str, float]:
@@ -144,23 +187,23 @@ def ablation(model: Path, out: Path, args) -> int:
         folder = out / name.replace(", ", "_").replace(" ", "_")
         rows, summary, seconds = run_one(model, folder, args.steps, seed=args.seed, lr=args.lr, **kwargs)
         write_csv(rows, folder / "curve.csv")
-        table.append({"variant": name, **{k: round(v, 3) for k, v in summary.items()}, "seconds": round(seconds)})
+        table.append(
+            {"variant": name, "folder": folder.name, **{k: round(v, 3) for k, v in summary.items()}, "seconds": round(seconds)}
+        )
         print(table[-1], flush=True)
     write_csv(table, out / "ablation.csv")
-    import matplotlib
+    curves = {t["variant"]: learning.read_curve(out / t["folder"]) for t in table}
+    steps = [r["step"] for r in next(iter(curves.values()))]
+    charts = [
+        line_chart({name: [r[column] for r in rows] for name, rows in curves.items()}, steps, title)
+        for column, title in (("reward", "mean reward"), ("acc", "accuracy"), ("zoom_gt_hit", "zooms with IoU(gt) > eta"))
+    ]
+    from PIL import Image
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(9, 4))
-    names = [t["variant"] for t in table]
-    for i, (key, label) in enumerate((("reward_last", "final reward"), ("acc_last", "final accuracy"), ("zoom_gt_hit_last", "final zoom share IoU(gt)>eta"))):
-        ax.bar([j + 0.27 * (i - 1) for j in range(len(names))], [t[key] for t in table], width=0.27, label=label)
-    ax.set_xticks(range(len(names)), names, fontsize=8)
-    ax.set_title(f"toy ablation, {args.steps} steps, seed {args.seed} (last 5 steps)", fontsize=9)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(out / "ablation.png", dpi=100)
+    image = Image.new("RGB", (sum(c.width for c in charts), charts[0].height), "white")
+    for i, chart in enumerate(charts):
+        image.paste(chart, (i * chart.width, 0))
+    image.save(out / "ablation.png")
     print(f"ablation: {out / 'ablation.csv'}, {out / 'ablation.png'}")
     return 0
 
