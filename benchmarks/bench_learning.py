@@ -153,6 +153,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--lr", type=float, default=learning.DEFAULT_LR)
     parser.add_argument("--ablation", action="store_true", help="the tool-reward / EVR ablation instead")
     parser.add_argument("--replot", action="store_true", help="no training: redo CSV, PNG and checks from OUT/run")
+    parser.add_argument("--override", action="append", default=[], help="extra main_ppo override (repeatable)")
     args = parser.parse_args(argv)
     from medvr_verl.testing.tiny_qwen25vl import tiny_qwen25vl_path
 
@@ -165,7 +166,9 @@ def main(argv: list[str] | None = None) -> int:
         rows = learning.read_curve(out / "run")
         summary, seconds = summarize(rows), float("nan")
     else:
-        rows, summary, seconds = run_one(model, out / "run", args.steps, seed=args.seed, lr=args.lr)
+        rows, summary, seconds = run_one(
+            model, out / "run", args.steps, seed=args.seed, lr=args.lr, extra=tuple(args.override)
+        )
     write_csv(rows, out / "curve.csv")
     plot_curve(rows, out / "curve.png", f"stripes task, constrained policy, seed {args.seed}, lr {args.lr}")
     print(f"main_ppo: {len(rows)} steps in {seconds:.0f} s; curve: {out / 'curve.csv'}, {out / 'curve.png'}")
@@ -185,7 +188,9 @@ def ablation(model: Path, out: Path, args) -> int:
     table = []
     for name, kwargs in ABLATIONS:
         folder = out / name.replace(", ", "_").replace(" ", "_")
-        rows, summary, seconds = run_one(model, folder, args.steps, seed=args.seed, lr=args.lr, **kwargs)
+        rows, summary, seconds = run_one(
+            model, folder, args.steps, seed=args.seed, lr=args.lr, extra=tuple(args.override), **kwargs
+        )
         write_csv(rows, folder / "curve.csv")
         table.append(
             {"variant": name, "folder": folder.name, **{k: round(v, 3) for k, v in summary.items()}, "seconds": round(seconds)}
