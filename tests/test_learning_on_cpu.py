@@ -5,12 +5,15 @@ One real ``python -m verl.trainer.main_ppo`` run (MedVR recipe, ``+backend=cpu``
 explicitly) of the tiny random-weight Qwen2.5-VL on the synthetic stripes task with the
 ``constrained`` policy (:mod:`medvr_verl.cpu.learning`). The model itself chooses the zoom cell and
 the answer; the answer is readable only in the crop of the cell the gt box marks. The assertions
-read veRL's own metrics file: the share of zooms that hit the gt box and the mean reward rise from
-chance (a sign error in the advantage, a mask that trains the wrong tokens, a fork credited to the
-wrong row would each stop this), the consensus monitor logs its gt IoU, and EVR's fork split shows
-forks at qualified calls while the policy is uncertain about where to zoom.
+read veRL's own metrics file: the share of zooms that hit the gt box rises from chance (a sign
+error in the advantage, a mask that trains the wrong tokens, a fork credited to the wrong row would
+each stop this), the consensus monitor logs its gt IoU, and EVR's fork split shows forks at
+qualified calls while the policy is uncertain about where to zoom, and dH falling as it learns.
 
-About 3.5 minutes on 2 cores (``STEPS`` steps of ~13 s plus ~80 s of start-up).
+Not asserted: accuracy and mean reward. At this learning rate the answer collapses onto one letter
+within a few steps, before the model reads the lines (README, "It learns").
+
+About 5 minutes on 2 cores (``STEPS`` steps of ~17 s plus ~2 minutes of start-up).
 """
 
 from __future__ import annotations
