@@ -193,7 +193,12 @@ def ablation(model: Path, out: Path, args) -> int:
         )
         write_csv(rows, folder / "curve.csv")
         table.append(
-            {"variant": name, "folder": folder.name, **{k: round(v, 3) for k, v in summary.items()}, "seconds": round(seconds)}
+            {
+                "variant": name,
+                "folder": folder.name,
+                **{k: round(v, 3) for k, v in summary.items()},
+                "seconds": round(seconds),
+            }
         )
         print(table[-1], flush=True)
     write_csv(table, out / "ablation.csv")
@@ -201,7 +206,11 @@ def ablation(model: Path, out: Path, args) -> int:
     steps = [r["step"] for r in next(iter(curves.values()))]
     charts = [
         line_chart({name: [r[column] for r in rows] for name, rows in curves.items()}, steps, title)
-        for column, title in (("reward", "mean reward"), ("acc", "accuracy"), ("zoom_gt_hit", "zooms with IoU(gt) > eta"))
+        for column, title in (
+            ("reward", "mean reward"),
+            ("acc", "accuracy"),
+            ("zoom_gt_hit", "zooms with IoU(gt) > eta"),
+        )
     ]
     from PIL import Image
 

@@ -26,7 +26,10 @@ from medvr_verl.cpu.constrained import (
 )
 from medvr_verl.entropy import plan_forks, plan_forks_counted
 
-SYSTEM = "<|im_start|>system\nTools.<|im_end|>\n<|im_start|>user\n<|vision_start|><|image_pad|><|vision_end|>Q?<|im_end|>\n"
+SYSTEM = (
+    "<|im_start|>system\nTools.<|im_end|>\n"
+    "<|im_start|>user\n<|vision_start|><|image_pad|><|vision_end|>Q?<|im_end|>\n"
+)
 OPTS = ConstrainedOptions()
 
 

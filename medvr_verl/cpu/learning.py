@@ -126,7 +126,9 @@ def overrides(
         "trainer.experiment_name": "learning",
         "actor_rollout_ref.rollout.multi_turn.tool_config_path": str(write_tool_config(out)),
     }
-    base = tiny_run.overrides(model, data, out, steps=steps, backend="cpu", policy="constrained", n=n, batch_size=batch_size)
+    base = tiny_run.overrides(
+        model, data, out, steps=steps, backend="cpu", policy="constrained", n=n, batch_size=batch_size
+    )
     kept = [o for o in base if o.split("=", 1)[0] not in mine]
     return kept + [f"{k}={v}" for k, v in mine.items()] + list(extra)
 

@@ -1,7 +1,7 @@
 """A synthetic zoom task whose answer is visible only inside a known region: ``stripes``.
 
-Each image is a uniform gray square (``size`` pixels, default 224; the learning run uses 448) with one ``grid x grid`` cell
-holding black-and-white lines one pixel wide, horizontal (answer ``A``) or vertical (answer ``B``).
+Each image is a uniform gray square (``size`` pixels, default 224; the learning run uses 448) with
+one ``grid x grid`` cell holding black-and-white lines one pixel wide, horizontal (answer ``A``) or vertical (answer ``B``).
 Seen whole at the recipe's pixel budget (``data.mm_processor_kwargs``: half the side, so 112 x 112
 for the default size) the image is shrunk 2x, which averages every pair of lines to the background's
 gray: the whole image says nothing about the answer. A zoom into the cell crops at native resolution
@@ -65,7 +65,13 @@ def stripes_image(size: int, box: Sequence[float], horizontal: bool):
 
 
 def stripes_records(
-    num_records: int, *, seed: int = 0, size: int = 224, grid: int = 2, cells: Sequence[int] = (3,), split: str = "train"
+    num_records: int,
+    *,
+    seed: int = 0,
+    size: int = 224,
+    grid: int = 2,
+    cells: Sequence[int] = (3,),
+    split: str = "train",
 ) -> list[Record]:
     """``num_records`` questions, answers balanced A/B in a seeded random order."""
     if size % (2 * grid):
