@@ -35,6 +35,20 @@ DATASET = "synthetic_stripes"
 OPTIONS = {"A": "horizontal", "B": "vertical"}
 CELL_NAMES_2X2 = ("top-left", "top-right", "bottom-left", "bottom-right")
 BACKGROUND = 128
+#: question wordings of different lengths, one drawn per record: with one wording every trajectory of a
+#: converged policy has the same length, and veRL 0.9.1's mini-batch split (index_select on the
+#: nested 3-D position ids, ``verl/utils/tensordict_utils.py``) fails on a batch whose rows all have
+#: one length ("split_with_sizes expects split_sizes to sum exactly to ...")
+QUESTIONS = (
+    "The lines are in the {cell} part of the image. Are they horizontal or vertical?",
+    "Look at the {cell} part: are the lines there horizontal or vertical?",
+    "There are lines in the {cell} part of this image. Are they horizontal or are they vertical?",
+    "Lines, {cell} part. Horizontal or vertical?",
+    "In the {cell} part of the image you will find lines. Which way do they run, horizontal or vertical?",
+    "Which way do the lines in the {cell} part run?",
+    "The {cell} part of the picture holds thin lines. Are those lines horizontal or vertical?",
+    "Horizontal or vertical: the lines in the {cell} part of the image?",
+)
 
 
 def cell_box(cell: int, size: int, grid: int) -> list[float]:
@@ -91,10 +105,7 @@ def stripes_records(
                 dataset=DATASET,
                 split=split,
                 source_id=f"{seed}-{i}",
-                question=(
-                    f"The lines are in the {cell_name(cell, grid)} part of the image. "
-                    "Are they horizontal or vertical?"
-                ),
+                question=QUESTIONS[rng.randrange(len(QUESTIONS))].format(cell=cell_name(cell, grid)),
                 answer=answer,
                 question_type="multiple_choice",
                 options=dict(OPTIONS),
