@@ -51,7 +51,7 @@ from medvr_verl.entropy import TOKEN_ENTROPY_KEY as ENTROPY_KEY
 from medvr_verl.tool_calls import DEFAULT_TOOL_NAME, coordinate_char_spans
 from medvr_verl.tools.image_io import OriginalImages
 from medvr_verl.tools.zoom import ORIGINALS_ATTR, ZoomInTool
-from medvr_verl.trajectory import FORK_KEY, RECORD_KEY, ForkPoint, Turn, record_of
+from medvr_verl.trajectory import FORCED_TOKENS_KEY, FORK_KEY, RECORD_KEY, ForkPoint, Turn, record_of
 
 logger = logging.getLogger(__name__)
 logger.setLevel(os.getenv("VERL_LOGGING_LEVEL", "WARN"))
@@ -298,6 +298,12 @@ class MedVRAgentLoop(ToolAgentLoop):
         token_ids = list(agent_data.response_ids)
         entropy = agent_data.extra_fields.pop(ENTROPY_KEY, None)  # copied there from the first turn
         last = self.server_manager.last_output
+        forced = last.extra_fields.get(FORCED_TOKENS_KEY) if last is not None else None
+        if forced:  # tokens the server's policy did not choose leave the loss (the turn's last ones)
+            first = turn_start + len(token_ids) - len(forced)
+            for i, flag in enumerate(forced):
+                if flag and turn_start <= first + i < len(agent_data.response_mask):
+                    agent_data.response_mask[first + i] = 0
         if last is not None and last.extra_fields.get(ENTROPY_KEY) is not None:
             entropy = list(last.extra_fields[ENTROPY_KEY])
         if entropy is not None and len(entropy) != len(token_ids):

@@ -92,6 +92,11 @@ ROW_STATS = (
     "num_zoom",
     "num_zoom_invalid",
     "gt_unusable",
+    # the consensus monitor (rows with annotated boxes only; NaN is skipped)
+    "cca_gt_iou",
+    "cca_gt_hit",
+    "zoom_gt_iou",
+    "zoom_gt_hit",
 )
 
 # veRL's Ray actor class cannot be subclassed; veRL itself unwraps it the same way.
@@ -168,7 +173,9 @@ class _StreamingEVRGroup(_EVRGroup):
         self._next_session = self.num_base
         self._candidates: list[tuple[int, int, float]] = []  # (base, call, dH) in generation order
         self._chosen: list[int] = []  # indices into _candidates
-        self._forks_from_calls = 0
+        self._forks_from_calls = 0  # all forks (chosen calls and fallback slots)
+        self._forks_qualified = 0  # forks at calls decide_fork chose (qualified dH)
+        self._fresh = 0  # fallback slots spent on fresh samples
 
     def session_kwargs_for_base(self, session_id: int) -> dict[str, Any]:
         return {
@@ -186,13 +193,14 @@ class _StreamingEVRGroup(_EVRGroup):
             return
         self._chosen.append(len(self._candidates) - 1)
         if self._next_session < self.size:
-            self._start_fork(cut_fork_state(agent_data, call))
+            self._start_fork(cut_fork_state(agent_data, call), qualified=True)
             self._stats.setdefault("evr/streamed_forks", [0.0])[0] += 1
 
-    def _start_fork(self, state) -> None:
+    def _start_fork(self, state, qualified: bool) -> None:
         session_id, self._next_session = self._next_session, self._next_session + 1
         record_fork_stats(self._stats, state.point)
         self._forks_from_calls += 1
+        self._forks_qualified += int(qualified)
         fork = {"state": state, "mask_prefix": self._worker.evr.mask_fork_prefix}
         self._spawn(session_id, {"medvr_fork": fork})
 
@@ -218,13 +226,22 @@ class _StreamingEVRGroup(_EVRGroup):
             for j in plan:
                 if j is None:  # a fresh, unforked sample
                     session_id, self._next_session = self._next_session, self._next_session + 1
+                    self._fresh += 1
                     self._spawn(session_id, {})
                 else:
                     base, call, _ = self._candidates[alive[j]]
-                    self._start_fork(cut_fork_state(finals[base], call))
+                    self._start_fork(cut_fork_state(finals[base], call), qualified=False)
         num_forks = self.size - self.num_base
+        slots = max(num_forks, 1)
         self._stats.setdefault("evr/delta_h", []).extend(c[2] for c in self._candidates)
-        self._stats.setdefault("evr/fork_rate", []).append(self._forks_from_calls / max(num_forks, 1))
+        self._stats.setdefault("evr/fork_rate", []).append(self._forks_from_calls / slots)
+        # where the fork slots went: forks at qualified (chosen) calls, forks the fallback placed,
+        # fresh samples (fork_rate = qualified + fallback)
+        self._stats.setdefault("evr/fork_rate_qualified", []).append(self._forks_qualified / slots)
+        self._stats.setdefault("evr/fork_rate_fallback", []).append(
+            (self._forks_from_calls - self._forks_qualified) / slots
+        )
+        self._stats.setdefault("evr/fresh_rate", []).append(self._fresh / slots)
         self._stats.setdefault("evr/qualified_points", []).append(
             sum(qualifies(c[2], evr.threshold, evr.gamma) for c in self._candidates)
         )

@@ -46,7 +46,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from medvr_verl.boxes import Box, cell_areas, grid_edges, group_cover, sweep_cover, use_dense
+from medvr_verl.boxes import Box, cell_areas, grid_edges, group_cover, iou, sweep_cover, use_dense
 
 __all__ = [
     "DEFAULT_QUORUM",
@@ -54,6 +54,7 @@ __all__ = [
     "CCAResult",
     "consensus_credit",
     "consensus_credit_by_image",
+    "gt_agreement",
     "tool_rewards",
 ]
 
@@ -367,3 +368,41 @@ def tool_rewards(
         (N,) rewards. Skips building the consensus rectangles, which only the result object shows.
     """
     return _single_image(boxes_per_traj, correct, eta, region=False, quorum=quorum).rewards
+
+
+def gt_agreement(
+    consensus: Sequence[tuple[int, Sequence[float]]],
+    zooms: Sequence[tuple[int, Sequence[float]]],
+    gt_boxes: Sequence[Sequence[float]],
+    eta: float,
+    image: int = 0,
+) -> dict[str, float]:
+    """How a group's consensus and one trajectory's zooms agree with annotated boxes (the CCA monitor).
+
+    ``consensus``: the group's consensus rectangles and ``zooms``: the trajectory's zoom boxes, both
+    ``(image index, (x1, y1, x2, y2))`` in original-image pixels; ``gt_boxes``: the annotated boxes of
+    image ``image`` (SLAKE's detection boxes, the synthetic set's cell), same pixels. Returns
+
+    * ``cca_gt_iou``: IoU of the consensus region with the union of ``gt_boxes`` (NaN when the
+      consensus is empty: no correct trajectory zoomed, so there is nothing to check);
+      ``cca_gt_hit``: 1.0 when it exceeds ``eta``, else 0.0 (NaN likewise);
+    * ``zoom_gt_iou``: mean over the trajectory's zooms of each box's IoU with the union of
+      ``gt_boxes`` (NaN without a zoom); ``zoom_gt_hit``: the share of its zooms above ``eta``.
+
+    Everything is NaN without ``gt_boxes``. Only boxes on image ``image`` count.
+    """
+    eta = _check_eta(eta)
+    nan = float("nan")
+    gt = [tuple(float(v) for v in b) for b in gt_boxes]
+    gt = [b for b in gt if b[2] > b[0] and b[3] > b[1]]
+    if not gt:
+        return {"cca_gt_iou": nan, "cca_gt_hit": nan, "zoom_gt_iou": nan, "zoom_gt_hit": nan}
+    region = [tuple(box) for k, box in consensus if k == image]
+    cca = iou(region, gt) if region else nan
+    ious = [iou([tuple(box)], gt) for k, box in zooms if k == image]
+    return {
+        "cca_gt_iou": cca,
+        "cca_gt_hit": nan if not region else float(cca > eta),
+        "zoom_gt_iou": float(np.mean(ious)) if ious else nan,
+        "zoom_gt_hit": float(np.mean([v > eta for v in ious])) if ious else nan,
+    }

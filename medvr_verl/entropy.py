@@ -212,11 +212,29 @@ def plan_forks(
     left (:func:`fill_forks`): ``top_dh`` round-robin over the chosen ones (over all candidates by
     ``dH`` when none is chosen), ``fresh`` as fresh samples.
     """
+    return plan_forks_counted(
+        delta_hs, num_forks, p_base=p_base, gamma=gamma, threshold=threshold, rng=rng, fallback=fallback
+    )[0]
+
+
+def plan_forks_counted(
+    delta_hs: Sequence[float],
+    num_forks: int,
+    *,
+    p_base: float,
+    gamma: float,
+    threshold: float,
+    rng,
+    fallback: str = "fresh",
+) -> tuple[list[int | None], int]:
+    """:func:`plan_forks` plus how many of the slots went to chosen (qualified) calls: the plan's
+    first ``num_chosen`` entries; the rest are the fallback's (forks or ``None``, fresh samples)."""
     if num_forks <= 0:
-        return []
+        return [], 0
     order = fallback_order(delta_hs, gamma, rng)
     chosen = [c for c in order if decide_fork(delta_hs[c], p_base=p_base, gamma=gamma, threshold=threshold, rng=rng)]
-    return fill_forks(chosen, delta_hs, num_forks, gamma=gamma, fallback=fallback, rng=rng)
+    plan = fill_forks(chosen, delta_hs, num_forks, gamma=gamma, fallback=fallback, rng=rng)
+    return plan, min(len(chosen), num_forks)
 
 
 def keyed_rng(*key: object) -> random.Random:

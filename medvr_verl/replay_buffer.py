@@ -10,7 +10,13 @@ own; on top, each sampled batch's TransferQueue row tags (written by
   (the share of rows that are EVR forks) and ``budget_overflow`` (the share that ended because a tool
   response would overflow ``response_length``); ``medvr/cca_partial_group/count``,
   ``medvr/gt_unusable/count`` (rows whose ground truth no answer can match, :mod:`medvr_verl.ground_truth`);
-* ``medvr/evr/<name>/{mean,max,sum}`` over the batch's groups: ``fork_rate``, ``delta_h``,
+* the consensus monitor, over the rows whose sample carries annotated boxes (``extra_info.gt_boxes``:
+  SLAKE's converter, the synthetic stripes set): ``medvr/cca_gt_iou/mean`` (IoU of the group's
+  consensus with the gt boxes, groups with a consensus only), ``medvr/zoom_gt_iou/mean`` (each
+  zoom's IoU with them), and ``medvr/cca_gt_hit/mean`` / ``medvr/zoom_gt_hit/mean`` (the share above
+  ``eta``); :func:`medvr_verl.consensus.gt_agreement`;
+* ``medvr/evr/<name>/{mean,max,sum}`` over the batch's groups: ``fork_rate``, ``fork_rate_qualified``,
+  ``fork_rate_fallback``, ``fresh_rate`` (where the fork slots went), ``delta_h``,
   ``qualified_points``, ``fork_depth_tokens``, ``prefix_tokens_reused``.
 
 veRL adds what ``sample`` returns to the step's metrics (``PPOTrainer._step_once``). veRL passes a

@@ -58,6 +58,7 @@ import functools
 import inspect
 import json
 import logging
+import math
 import os
 import uuid
 from typing import Any
@@ -70,6 +71,7 @@ from verl.utils.reward_score import default_compute_score
 
 from medvr_verl import scoring
 from medvr_verl.composite import GroupRewards, MemberOutcome, group_rewards
+from medvr_verl.consensus import gt_agreement
 from medvr_verl.ground_truth import ground_truth_problem
 from medvr_verl.settings import (  # noqa: F401  (typed options; re-exported here)
     SCORERS,
@@ -88,6 +90,24 @@ GROUP_EXPECTED_KEY = "medvr_group_expected"
 TRAINING_SPLITS = ("train", "training")
 MEDVR_DATA_SOURCES = frozenset({"vqa_rad", "slake", "path_vqa", "pmc_vqa", "omnimedvqa", "medxpertqa_mm"})
 """``data_source`` values MedVR's converters write (``medvr_verl.data``; a test keeps them equal)."""
+_GT_BOXES = "_medvr_gt_boxes"  # carried from _score_row to _result only, never returned
+
+
+def gt_boxes_of(extra_info: Any) -> list[list[float]]:
+    """``extra_info["gt_boxes"]`` (the converters' annotated boxes, pixels of image 0) as float lists;
+    ``[]`` when absent or malformed (a parquet round trip gives numpy arrays of arrays)."""
+    raw = extra_info.get("gt_boxes") if isinstance(extra_info, dict) else None
+    if raw is None:
+        return []
+    boxes = []
+    try:
+        for box in raw:
+            values = [float(v) for v in box]
+            if len(values) == 4 and all(math.isfinite(v) for v in values):
+                boxes.append(values)
+    except (TypeError, ValueError):
+        return []
+    return boxes
 
 
 @register("medvr_cca")
@@ -260,6 +280,7 @@ class MedVRCCARewardManager(RewardManagerBase):
             group_uid=str(non_tensor.get("uid", "")),
             sample_index=int(index) if isinstance(index, int | np.integer) else -1,
         )
+        info[_GT_BOXES] = gt_boxes_of(extra_info)
         return MemberOutcome(base_score=base, acc=acc, boxes=boxes), info
 
     def _host_score(self, kwargs: dict):
@@ -274,12 +295,22 @@ class MedVRCCARewardManager(RewardManagerBase):
                 "config), or give a reward.custom_reward_function"
             ) from e
 
-    @staticmethod
-    def _result(info: dict, group: GroupRewards, member: int, partial: bool) -> dict:
-        """veRL's reward result of one member; every member's extra info has the same keys."""
+    def _result(self, info: dict, group: GroupRewards, member: int, partial: bool) -> dict:
+        """veRL's reward result of one member; every member's extra info has the same keys.
+
+        With annotated boxes (``extra_info.gt_boxes``) it also carries the consensus monitor
+        (:func:`medvr_verl.consensus.gt_agreement`: ``cca_gt_iou``, ``cca_gt_hit``, ``zoom_gt_iou``,
+        ``zoom_gt_hit``; NaN where undefined), which the V1 worker turns into ``medvr/...`` metrics."""
         reward = group.members[member]
+        info = dict(info)
+        gt = info.pop(_GT_BOXES, [])
+        if info.get("boxes_from_text"):
+            gt = []  # boxes in the model's image space, gt boxes in the original's: not comparable
+        zooms = [(int(z[0]), tuple(z[1:])) for z in json.loads(info.get("zoom_boxes_json", "[]"))]
+        monitor = gt_agreement(group.consensus, zooms, gt, self.settings.eta)
         info = {
             **info,
+            **monitor,
             "tool_reward": reward.tool_reward,
             "cca_iou": reward.iou,
             "cca_in_quorum": reward.in_quorum,

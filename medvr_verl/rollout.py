@@ -37,7 +37,7 @@ from verl.utils.ray_utils import auto_await
 from verl.utils.skip import SkipManager
 
 from medvr_verl.agent_loop import RUNTIME_KWARGS, TRAJECTORY_STORE, MedVRAgentLoop
-from medvr_verl.entropy import delta_h, keyed_rng, plan_forks, prompt_key, qualifies
+from medvr_verl.entropy import delta_h, keyed_rng, plan_forks_counted, prompt_key, qualifies
 from medvr_verl.reward_manager import GROUP_META_KEY, GROUP_REWARDS_KEY
 from medvr_verl.settings import EVR_MODES, EVRSettings  # noqa: F401  (re-exported: medvr_verl.rollout.EVRSettings)
 from medvr_verl.trajectory import RECORD_KEY, record_of
@@ -314,7 +314,7 @@ def plan_group_forks(
 ) -> list[tuple[int, int] | None]:
     """Each fork's ``(base, call)`` (``None``: a fresh sample), with EVR statistics added to ``stats``."""
     candidates = fork_candidates(base_states, settings)
-    plan = plan_forks(
+    plan, num_chosen = plan_forks_counted(
         [c[2] for c in candidates],
         num_forks,
         p_base=settings.p_base,
@@ -324,7 +324,12 @@ def plan_group_forks(
         fallback=settings.fallback,
     )
     stats.setdefault("evr/delta_h", []).extend(c[2] for c in candidates)
-    stats.setdefault("evr/fork_rate", []).append(sum(p is not None for p in plan) / max(num_forks, 1))
+    slots = max(num_forks, 1)
+    stats.setdefault("evr/fork_rate", []).append(sum(p is not None for p in plan) / slots)
+    # where the fork slots went (fork_rate = qualified + fallback): see _StreamingEVRGroup.finish
+    stats.setdefault("evr/fork_rate_qualified", []).append(num_chosen / slots)
+    stats.setdefault("evr/fork_rate_fallback", []).append(sum(p is not None for p in plan[num_chosen:]) / slots)
+    stats.setdefault("evr/fresh_rate", []).append(sum(p is None for p in plan) / slots)
     stats.setdefault("evr/qualified_points", []).append(
         sum(qualifies(c[2], settings.threshold, settings.gamma) for c in candidates)
     )

@@ -24,6 +24,10 @@ RECORD_KEY = "medvr_trajectory"
 
 FORK_KEY = "medvr_fork"
 """``extra_fields`` key of :meth:`TrajectoryRecord.summary`: ``None`` for a base, a small dict for a fork."""
+FORCED_TOKENS_KEY = "medvr_forced_tokens"
+"""``TokenOutput.extra_fields`` of a server turn: one 0/1 per returned token, 1 where the policy had
+no choice (a constrained policy's template token: probability 1, so no policy gradient);
+``medvr_agent`` gives those tokens ``response_mask`` 0 (``medvr_verl.cpu.constrained``)."""
 
 
 @dataclass

@@ -228,6 +228,9 @@ def test_v1_streaming_fork_starts_at_the_spike_and_the_rest_by_fallback(evr_run)
     # base ran. One fork per chosen call streams; the other slot is the fallback's (top_dh: same call).
     _, metrics, _ = evr_run
     assert metrics["medvr/evr/streamed_forks/sum"] == 2 and metrics["medvr/evr/streamed_forks/max"] == 1
+    # the fork split: per group one slot taken by the qualified call, one by the fallback, no fresh one
+    assert metrics["medvr/evr/fork_rate_qualified/mean"] == 0.5
+    assert metrics["medvr/evr/fork_rate_fallback/mean"] == 0.5 and metrics["medvr/evr/fresh_rate/mean"] == 0.0
 
 
 def test_v1_two_phase_forks_only_after_every_base_finished(evr_two_phase_run):

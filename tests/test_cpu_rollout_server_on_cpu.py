@@ -108,3 +108,40 @@ def test_sampling_never_writes_vision_placeholders(sampled, prompt):
     for _ in range(2):
         out = _generate(sampled, prompt, temperature=50.0, max_tokens=256, ignore_eos=True)
         assert len(out.token_ids) == 256 and not banned & set(out.token_ids)
+
+
+@pytest.fixture(scope="module")
+def constrained(tiny_model_path, tmp_path_factory):
+    return _server(tiny_model_path, tmp_path_factory.mktemp("c"), "constrained")
+
+
+def test_constrained_policy_samples_the_decisions_and_forces_the_template(constrained, prompt):
+    """The zoom turn: a grid cell the model chose; log-probs are the model's own at every token;
+    EVR's entropy is the drawn distribution's (0 at forced tokens); forced tokens are flagged."""
+    from medvr_verl.cpu.constrained import ZOOM_PREFIX, ZOOM_SUFFIX, grid_boxes
+    from medvr_verl.trajectory import FORCED_TOKENS_KEY
+
+    tokenizer = constrained._processor.tokenizer
+    ids, images = prompt
+    texts = set()
+    for temperature in (0, 1.0, 1.0, 1.0, 1.0, 1.0):
+        out = _generate(constrained, prompt, temperature=temperature, logprobs=True)
+        text = tokenizer.decode(out.token_ids, skip_special_tokens=True)
+        assert text.startswith(ZOOM_PREFIX) and text.endswith(ZOOM_SUFFIX)
+        texts.add(text)
+        width, height = constrained._image_sizes(constrained._vision_inputs(images))[0]
+        box = [int(v) for v in text[len(ZOOM_PREFIX) : -len(ZOOM_SUFFIX)].split(", ")]
+        assert box in grid_boxes(width, height, 2)
+        forced, entropy = out.extra_fields[FORCED_TOKENS_KEY], out.extra_fields[TOKEN_ENTROPY_KEY]
+        assert len(forced) == len(entropy) == len(out.log_probs) == len(out.token_ids)
+        assert sum(1 - f for f in forced) == 2  # x1 and y1 decide the cell; the rest follows
+        assert all(e == 0.0 for e, f in zip(entropy, forced) if f)
+        assert all(0.0 < e <= 0.6932 for e, f in zip(entropy, forced) if not f)  # two-way choices
+        if temperature == 0:  # greedy: the model's preferred token at each decision
+            vision = constrained._vision_inputs(images)
+            with torch.no_grad():
+                logits = constrained._model(input_ids=torch.tensor([ids + out.token_ids]), **vision).logits[0]
+            logp = torch.log_softmax(logits[len(ids) - 1 : -1], -1)
+            chosen = logp.gather(-1, torch.tensor(out.token_ids)[:, None])[:, 0]
+            assert out.log_probs == pytest.approx(chosen.tolist(), abs=1e-4)  # full-vocabulary log-probs
+    assert len(texts) > 1  # sampled, not fixed

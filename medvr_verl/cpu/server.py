@@ -26,6 +26,22 @@ Policies (``rollout.custom.cpu.policy``):
   log-probs and entropies are still a real forward pass of the synced weights over prompt, images
   and those tokens. Every output carries ``extra_fields["medvr_cpu_policy"] = "scripted"`` and the
   server logs ``[medvr_cpu SCRIPTED]`` for every sync.
+* ``constrained``: the model makes the decisions, a template writes the rest
+  (:mod:`medvr_verl.cpu.constrained`): which grid cell of the image to zoom into and which answer
+  to give are sampled token by token from the model's own distribution restricted to the
+  candidates' tokens (``temperature`` honoured, greedy at 0); the fixed text is forced. A
+  random-weight model trained from scratch can learn these decisions in minutes on a CPU
+  (``medvr_verl.cpu.learning``). Log-probs are the model's full-vocabulary ones, as veRL's actor
+  computes them; the exact full-vocabulary entropy goes under ``token_entropy_exact``. What goes to
+  EVR under :data:`~medvr_verl.entropy.TOKEN_ENTROPY_KEY` is ``constrained.entropy``: ``policy``
+  (default) the entropy of the distribution the token was actually drawn from (0 at a forced token,
+  the restricted distribution's entropy at a decision), or ``model`` the full-vocabulary top-k
+  estimate as the other policies report it (on a random model it is nearly flat, so EVR's dH
+  carries no signal). Template tokens are returned flagged
+  (:data:`~medvr_verl.trajectory.FORCED_TOKENS_KEY`) and ``medvr_agent`` gives them ``response_mask``
+  0: under the constrained policy their probability is 1, so their policy gradient is 0, and only the
+  decisions are trained (``constrained.train_forced: true`` trains the template too, under the
+  model's full-vocabulary log-probs: on a random model those gradients swamp the decisions').
 """
 
 from __future__ import annotations
@@ -42,11 +58,13 @@ from typing import Any
 import torch
 
 from medvr_verl.cpu.script import IMAGE_SIZES  # the scripts' view of a request's image sizes
+from medvr_verl.cpu.constrained import Choice, ConstrainedOptions, TokenTrie, plan_turn
 from medvr_verl.entropy import TOKEN_ENTROPY_KEY, topk_entropy
+from medvr_verl.trajectory import FORCED_TOKENS_KEY
 
 logger = logging.getLogger(__name__)
 
-POLICIES = ("sampled", "scripted")
+POLICIES = ("sampled", "scripted", "constrained")
 DEFAULT_SCRIPT = "medvr_verl.cpu.script.ZoomThenAnswer"
 POLICY_FIELD = "medvr_cpu_policy"
 VISION_PLACEHOLDERS = ("<|vision_start|>", "<|vision_end|>", "<|vision_pad|>", "<|image_pad|>", "<|video_pad|>")
@@ -61,6 +79,7 @@ def cpu_options(rollout_config) -> dict[str, Any]:
     options.setdefault("script", DEFAULT_SCRIPT)
     options.setdefault("weight_log", None)
     options.setdefault("seed", 0)
+    options["constrained"] = ConstrainedOptions.from_dict(options.get("constrained", None))
     if options["policy"] not in POLICIES:
         raise ValueError(f"rollout.custom.cpu.policy must be one of {POLICIES}, got {options['policy']!r}")
     return options
@@ -120,7 +139,7 @@ class CPURolloutServer:
         self._log(f"loaded {path} (policy {self.policy}), weights {self.fingerprint}")
 
     def _log(self, message: str) -> None:
-        label = "[medvr_cpu SCRIPTED]" if self.policy == "scripted" else "[medvr_cpu sampled]"
+        label = "[medvr_cpu SCRIPTED]" if self.policy == "scripted" else f"[medvr_cpu {self.policy}]"
         print(f"{label} replica {self.replica_rank}: {message}", flush=True)
 
     async def update_weights(self, named_tensors: list[tuple[str, torch.Tensor]], global_steps: int | None = None):
@@ -240,6 +259,10 @@ class CPURolloutServer:
         if self.policy == "scripted":
             token_ids = await self._scripted_tokens(request_id, prompt_ids, params, image_data, vision)
             logprobs, entropy, exact = await asyncio.to_thread(self._score, prompt_ids, token_ids, vision, params)
+        elif self.policy == "constrained":
+            token_ids, logprobs, entropy, exact, forced = await asyncio.to_thread(
+                self._constrained, prompt_ids, params, vision
+            )
         else:
             # the sampling passes' own logits, as vLLM reports them (no second pass: a random model
             # may sample vision placeholder tokens, which a fresh multimodal forward would reject)
@@ -253,6 +276,8 @@ class CPURolloutServer:
             POLICY_FIELD: self.policy,
             "medvr_cpu_weights": self.fingerprint,
         }
+        if self.policy == "constrained" and not self.options["constrained"].train_forced:
+            extra[FORCED_TOKENS_KEY] = forced
         return TokenOutput(
             token_ids=token_ids,
             log_probs=logprobs if params.get("logprobs") else None,
@@ -307,6 +332,55 @@ class CPURolloutServer:
         finally:
             IMAGE_SIZES.reset(token)
         return list(output.token_ids)
+
+    def _constrained(self, prompt_ids: list[int], params: dict[str, Any], vision):
+        """One templated turn whose decisions the model samples (module docstring, ``constrained``).
+
+        Returns token ids, their full-vocabulary log-probs, the EVR entropies, the exact entropies and
+        the forced flags (1: a template token, 0: a token the model chose among several)."""
+        options: ConstrainedOptions = self.options["constrained"]
+        tokenizer = self._processor.tokenizer
+        sizes = self._image_sizes(vision)
+        context = tokenizer.decode(prompt_ids, skip_special_tokens=False)
+        segments = plan_turn(context, sizes[0] if sizes else None, options)
+        temperature = float(params.get("temperature", 1.0))
+        greedy = temperature <= 0 or params.get("do_sample", True) is False
+
+        def encode(text: str) -> list[int]:
+            return tokenizer.encode(text, add_special_tokens=False)
+
+        ids: list[int] = []
+        drawn_entropy: dict[int, float] = {}  # position -> entropy of the restricted distribution
+        for segment in segments:
+            if not isinstance(segment, Choice):
+                ids += encode(segment)
+                continue
+            trie, chosen = TokenTrie(segment.candidates, encode), []
+            while allowed := trie.allowed(chosen):
+                if len(allowed) > 1:
+                    with self._lock, torch.no_grad():
+                        inputs = {"input_ids": torch.tensor([prompt_ids + ids + chosen]), **vision}
+                        logits = self._model(**inputs).logits[0, -1, allowed].float()
+                    # greedy: the entropy at temperature 1, as the log-probs are (see _scores)
+                    logp = torch.log_softmax(logits / (1.0 if greedy else temperature), dim=-1)
+                    drawn_entropy[len(ids) + len(chosen)] = float(-(logp.exp() * logp).sum())
+                    if greedy:
+                        pick = int(logp.argmax())
+                    else:
+                        pick = int(torch.multinomial(logp.exp(), 1, generator=self._generator))
+                    chosen.append(allowed[pick])
+                else:
+                    chosen.append(allowed[0])
+            ids += chosen
+        ids = ids + self._eos_ids()[:1]
+        ids = ids[: self._token_budget(len(prompt_ids), params)]
+        forced = [0 if i in drawn_entropy else 1 for i in range(len(ids))]
+        logprobs, topk, exact = self._score(prompt_ids, ids, vision, params)
+        if options.entropy == "policy":
+            entropy = [drawn_entropy.get(i, 0.0) for i in range(len(ids))]
+        else:
+            entropy = topk
+        return ids, logprobs, entropy, exact, forced
 
     def _score(self, prompt_ids, token_ids, vision, params) -> tuple[list[float], list[float], list[float]]:
         """Per response token: log-prob (at the request's temperature, as veRL's actor computes it), the
