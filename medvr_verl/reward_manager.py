@@ -88,7 +88,9 @@ GROUP_REWARDS_KEY = "medvr_group_rewards"
 GROUP_EXPECTED_KEY = "medvr_group_expected"
 """meta_info key: how many members the group should have had (fewer arrived: a partial group)."""
 TRAINING_SPLITS = ("train", "training")
-MEDVR_DATA_SOURCES = frozenset({"vqa_rad", "slake", "path_vqa", "pmc_vqa", "omnimedvqa", "medxpertqa_mm"})
+MEDVR_DATA_SOURCES = frozenset(
+    {"vqa_rad", "slake", "path_vqa", "pmc_vqa", "omnimedvqa", "medxpertqa_mm", "huatuo_eval"}
+)
 """``data_source`` values MedVR's converters write (``medvr_verl.data``; a test keeps them equal)."""
 _GT_BOXES = "_medvr_gt_boxes"  # carried from _score_row to _result only, never returned
 
