@@ -57,6 +57,17 @@ def test_two_steps_on_vllm_update_the_policy_with_kl(run):
     assert "Legacy trainer" not in log and "main_ppo_v0" not in log
 
 
+def test_weights_synced_into_vllm_every_step(run):
+    """veRL's ServerAdapter found the medvr_vllm server actors (else the run fails at the first sync)
+    and loaded the actor's weights into vLLM before each rollout: the rollout's log-probs match
+    the actor's recomputed ones at step 2 as at step 1, although the actor changed in between."""
+    _, log, metrics = run
+    assert log.count("Loading standard weights") >= 2 or "update_weights" in log
+    for step in (1, 2):
+        print(step, {k: v for k, v in metrics[step].items() if k.startswith("training/rollout_probs_diff")})
+        assert metrics[step]["training/rollout_probs_diff_valid"] == 1
+
+
 def test_rewards_by_group(run):
     out, _, metrics = run
     groups = defaultdict(list)
