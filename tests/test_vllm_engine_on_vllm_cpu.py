@@ -44,6 +44,11 @@ def model_path():
 def loop():
     loop = asyncio.new_event_loop()
     yield loop
+    # the engine's output handler task ends with the engine; let it finish inside its own loop
+    pending = asyncio.all_tasks(loop)
+    for task in pending:
+        task.cancel()
+    loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
     loop.close()
 
 
