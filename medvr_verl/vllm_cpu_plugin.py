@@ -39,6 +39,7 @@ def register() -> None:
         dispatch(layer, remove_weight=False)
 
     setattr(dispatch_keeping_weight, _PATCHED, True)
+    dispatch_keeping_weight.__wrapped__ = dispatch  # vLLM's own, for tests and for undoing the patch
     # linear.py imports the function from this module at call time, so the module attribute is the seam
     utils.dispatch_cpu_unquantized_gemm = dispatch_keeping_weight
     logger.info("medvr_verl: vLLM CPU linear weights kept after packing, so veRL's weight sync can reload them")
