@@ -66,6 +66,9 @@ def test_weights_synced_into_vllm_every_step(run):
     for step in (1, 2):
         print(step, {k: v for k, v in metrics[step].items() if k.startswith("training/rollout_probs_diff")})
         assert metrics[step]["training/rollout_probs_diff_valid"] == 1
+    # the actor moved between the steps (KL > 0), the rollout still matches it: vLLM got the new weights
+    assert metrics[2]["actor/kl_loss"] > 0
+    assert metrics[2]["training/rollout_probs_diff_mean"] < 2 * metrics[1]["training/rollout_probs_diff_mean"] + 1e-6
 
 
 def test_rewards_by_group(run):

@@ -67,7 +67,13 @@ def test_the_vllm_cpu_overlay_is_the_cpu_overlay_with_medvr_vllm(configs):
     assert configs["cpu_vllm"].ray_kwargs.ray_init.runtime_env.env_vars.VLLM_CPU_KVCACHE_SPACE == "1"
     differing = {key for key in cpu.keys() | vllm.keys() if cpu.get(key, "<absent>") != vllm.get(key, "<absent>")}
     assert all(
-        key.startswith(("actor_rollout_ref.rollout.", "ray_kwargs.ray_init.runtime_env.env_vars.VLLM_CPU"))
+        key.startswith(
+            (
+                "actor_rollout_ref.rollout.",
+                "ray_kwargs.ray_init.runtime_env.env_vars.VLLM_CPU",
+                "actor_rollout_ref.actor.entropy_coeff",
+            )
+        )
         for key in differing
     ), sorted(differing)
 

@@ -75,8 +75,10 @@ def backend_overrides(backend: str, *, policy: str = "scripted", out: Path | Non
             items.append(f"actor_rollout_ref.rollout.custom.cpu.weight_log={out / 'rollout_weights.jsonl'}")
         return items
     if backend == "cpu_vllm":
-        # vLLM samples the text (no scripted policy under vLLM: the random model never zooms)
-        return ["+backend=cpu_vllm"]
+        # vLLM samples the text (no scripted policy under vLLM: the random model never zooms), so every
+        # rollout scores alike and GRPO's advantages are 0; a small entropy bonus gives the actor a
+        # non-zero update, so step 2's KL is positive and the weight sync carries a changed actor
+        return ["+backend=cpu_vllm", "actor_rollout_ref.actor.entropy_coeff=0.01"]
     if backend == "gpu":
         return [
             "trainer.n_gpus_per_node=1",
