@@ -27,6 +27,13 @@ fi
 if [ "$suite" != gpu ]; then export MEDVR_REQUIRE_VL=1; fi
 files=$(find tests -name "$pattern" | sort)
 if [ -z "$files" ]; then echo "no $suite tests found" >&2; exit 1; fi
+if [ "$suite" = vllm-cpu ]; then
+  # the stand-in's tests once more, with its logprob layout compared to the installed vLLM's own
+  # vllm/logprobs.py (that comparison skips in the CPU suite, which has no vLLM)
+  MEDVR_VLLM_SOURCE="$(python -c 'import os, vllm; print(os.path.dirname(vllm.__file__))')"
+  export MEDVR_VLLM_SOURCE
+  files="$files tests/test_vllm_server_on_cpu.py"
+fi
 # shellcheck disable=SC2086
 python -m pytest -q -ra $files "$@"
 echo "test.sh $suite: $(( $(date +%s) - start )) s (install + tests)"
