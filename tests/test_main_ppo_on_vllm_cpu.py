@@ -5,7 +5,7 @@ The tiny-run command of :mod:`medvr_verl.cpu.tiny_run` with ``backend="cpu_vllm"
 the CPU overlay with ``rollout.name=medvr_vllm``), the tiny model with ``head_dim=32``: 2 steps of
 veRL's V1 trainer, vLLM 0.24.0's engine in veRL's own vLLM server (``MedVRvLLMHttpServer``), the
 actor's weights synced into it through veRL's ``ServerAdapter`` every step. Assertions read what
-veRL wrote: its ``file`` logger's metrics, its rollout dump and its log. About 6 minutes on 2 cores.
+veRL wrote: its ``file`` logger's metrics, its rollout dump and its log. About 2.5 minutes on 2 cores.
 
 Not covered here: EVR forks. vLLM samples the text, and the random-weight model never writes a zoom
 call, so no fork point exists (``medvr/evr/fork_rate`` is 0); the forks' prefix-cache reuse on vLLM is
