@@ -42,7 +42,9 @@ BANNER = (
 _BOX = re.compile(r'"bbox_2d": \[([^\]]*)\]')
 _ANSWER = re.compile(r"<answer>(.*?)</answer>", re.S)
 # veRL console lines worth showing live (the rest goes to main_ppo.log)
-_SHOW = re.compile(r"step:\d+ - |Training Progress|\[medvr_cpu|Traceback|^\w*Error|Error: |Final validation")
+_SHOW = re.compile(
+    r"step:\d+ - |Training Progress|\[medvr_cpu|Traceback|^\w*Error|Error: |Final validation|CpuPlatform"
+)
 METRICS = (
     ("actor/grad_norm", "grad_norm"),
     ("actor/kl_loss", "kl_loss"),
@@ -104,22 +106,33 @@ class PeakMemory:
             self._stop.wait(self.interval)
 
 
-def run_training(out: Path, steps: int, save_freq: int, resume: bool = False, metrics: str = "metrics.jsonl"):
-    """``python -m verl.trainer.main_ppo`` (CPU overlay, scripted policy); returns (returncode, PeakMemory, s)."""
+def run_training(
+    out: Path,
+    steps: int,
+    save_freq: int,
+    resume: bool = False,
+    metrics: str = "metrics.jsonl",
+    backend: str = "cpu",
+):
+    """``python -m verl.trainer.main_ppo``; returns (returncode, PeakMemory, s).
+
+    ``backend``: ``cpu`` (CPU overlay, medvr_cpu server, scripted policy) or ``cpu_vllm`` (medvr_vllm on
+    vLLM's CPU build, which samples the text)."""
     from medvr_verl.cpu import tiny_run
-    from medvr_verl.testing.tiny_qwen25vl import tiny_qwen25vl_path
 
     data = out / "tiny_medvr.parquet"
     if not data.exists():
         tiny_run.build_data(out)
-    cmd = tiny_run.command(tiny_qwen25vl_path(), data, out, steps=steps, save_freq=save_freq, resume=resume)
+    cmd = tiny_run.command(
+        tiny_run.model_path(backend), data, out, steps=steps, save_freq=save_freq, resume=resume, backend=backend
+    )
     print("$ VERL_PLATFORM=cpu " + " ".join(cmd[1:]), flush=True)
     log_path = out / ("main_ppo_resume.log" if resume else "main_ppo.log")
     start = time.monotonic()
     with open(log_path, "w") as log:
         proc = subprocess.Popen(
             cmd,
-            env=tiny_run.environment("cpu", out, metrics=metrics),
+            env=tiny_run.environment(backend, out, metrics=metrics),
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
@@ -288,6 +301,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=Path("medvr_demo"), help="run folder (data, dumps, overlays)")
     parser.add_argument("--steps", type=int, default=2, help="training steps (at least 2)")
     parser.add_argument("--save-freq", type=int, default=-1, help="checkpoint every N steps (-1: never)")
+    parser.add_argument(
+        "--rollout",
+        choices=("cpu", "vllm"),
+        default="cpu",
+        help="cpu: the medvr_cpu server, scripted text; vllm: medvr_vllm on vLLM's CPU build (./.venv-vllm, "
+        "scripts/demo.sh --rollout vllm), text sampled by vLLM",
+    )
     args = parser.parse_args(argv)
     if args.steps < 2:
         parser.error("--steps must be at least 2")
@@ -301,6 +321,8 @@ def main(argv: list[str] | None = None) -> int:
             shutil.rmtree(path)
         elif path.exists():
             path.unlink()
+    if args.rollout == "vllm":
+        return _main_vllm(out, args.steps, args.save_freq)
     print(BANNER, flush=True)
     code, memory, elapsed = run_training(out, args.steps, args.save_freq)
     if code != 0:
@@ -328,6 +350,31 @@ def main(argv: list[str] | None = None) -> int:
         f"{memory.peak_rss_sum / 2**30:.2f} GB); main_ppo wall time {elapsed:.0f} s"
     )
     print("(random weights, scripted text: the numbers show the mechanics of training, not a trained model)")
+    return 0
+
+
+def _main_vllm(out: Path, steps: int, save_freq: int) -> int:
+    """The same run with ``medvr_vllm`` on vLLM's CPU build: vLLM samples the text (no script)."""
+    print(
+        "=" * 100 + "\nMedVR demo on vLLM's CPU build: python -m verl.trainer.main_ppo, recipe medvr + "
+        "+backend=cpu_vllm (rollout medvr_vllm).\nTHE MODEL HAS RANDOM WEIGHTS and vLLM samples its text: "
+        "it writes no zoom calls, so EVR makes no forks.\n" + "=" * 100,
+        flush=True,
+    )
+    code, memory, elapsed = run_training(out, steps, save_freq, backend="cpu_vllm")
+    if code != 0:
+        return code
+    table = read_rollouts(out)
+    print(f"\nPer trajectory, from the run's rollout dump ({out / 'rollouts'}); text sampled by vLLM:")
+    print_table(table)
+    print("\nTraining metrics per step (veRL's file logger):")
+    records = read_metrics(out / "metrics.jsonl")
+    print_metrics(records)
+    for rec in records:
+        diff = rec["data"].get("training/rollout_probs_diff_mean")
+        if diff is not None:
+            print(f"  step {rec['step']}: mean |p_vLLM - p_actor| over response tokens {diff:.2e} (weights in sync)")
+    print(f"Peak memory of the run: {memory.peak / 2**30:.2f} GB resident; main_ppo wall time {elapsed:.0f} s")
     return 0
 
 

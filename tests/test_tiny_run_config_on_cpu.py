@@ -60,6 +60,27 @@ def test_both_backends_compose_and_validate(configs):
         assert config.reward.reward_kwargs.quorum == "correct"
 
 
+def test_the_vllm_cpu_overlay_is_the_cpu_overlay_with_medvr_vllm(configs):
+    """+backend=cpu_vllm (the vLLM suite's run): vLLM's CPU platform settings on top of backend/cpu."""
+    cpu = _flat(OmegaConf.to_container(configs["cpu"], resolve=False))
+    vllm = _flat(OmegaConf.to_container(configs["cpu_vllm"], resolve=False))
+    rollout = configs["cpu_vllm"].actor_rollout_ref.rollout
+    assert rollout.name == "medvr_vllm" and rollout.enforce_eager and rollout.load_format == "auto"
+    assert rollout.enable_sleep_mode is False and rollout.free_cache_engine is False
+    assert configs["cpu_vllm"].ray_kwargs.ray_init.runtime_env.env_vars.VLLM_CPU_KVCACHE_SPACE == "1"
+    differing = {key for key in cpu.keys() | vllm.keys() if cpu.get(key, "<absent>") != vllm.get(key, "<absent>")}
+    assert all(
+        key.startswith(
+            (
+                "actor_rollout_ref.rollout.",
+                "ray_kwargs.ray_init.runtime_env.env_vars.VLLM_CPU",
+                "actor_rollout_ref.actor.entropy_coeff",
+            )
+        )
+        for key in differing
+    ), sorted(differing)
+
+
 def test_the_runs_differ_only_in_the_backend(configs):
     cpu = _flat(OmegaConf.to_container(configs["cpu"], resolve=False))
     gpu = _flat(OmegaConf.to_container(configs["gpu"], resolve=False))

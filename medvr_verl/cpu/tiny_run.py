@@ -11,6 +11,8 @@ CPU run checks the GPU run's config: the two differ only in :func:`backend_overr
 * :func:`command`: ``python -m verl.trainer.main_ppo --config-path=pkg://medvr_verl.recipes.medvr
   --config-name=medvr`` scaled to the tiny model, plus the backend.
 * :func:`environment`: the process environment (``VERL_PLATFORM=cpu`` on CPU, the metrics file).
+* :func:`model_path`: the tiny model for a backend (``cpu_vllm``: ``head_dim=32``, as vLLM's CPU
+  attention requires).
 
 EVR fallback: the run selects OUR variant ``evr.fallback=top_dh`` (:data:`EVR_FALLBACK`), not the
 recipe's (the paper's) ``fresh``. A random-weight model's token entropies are flat, so no zoom call
@@ -30,7 +32,8 @@ import os
 import sys
 from pathlib import Path
 
-BACKENDS = ("cpu", "gpu")
+BACKENDS = ("cpu", "cpu_vllm", "gpu")
+"""``cpu``: medvr_cpu rollout; ``cpu_vllm``: medvr_vllm on vLLM's CPU build (./.venv-vllm); ``gpu``."""
 MAX_PROMPT_LENGTH = 2048
 MAX_RESPONSE_LENGTH = 1024
 EVR_FALLBACK = "top_dh"
@@ -166,6 +169,11 @@ def backend_overrides(backend: str, *, policy: str = "scripted", out: Path | Non
         if out is not None:
             items.append(f"actor_rollout_ref.rollout.custom.cpu.weight_log={out / 'rollout_weights.jsonl'}")
         return items
+    if backend == "cpu_vllm":
+        # vLLM samples the text (no scripted policy under vLLM: the random model never zooms), so every
+        # rollout scores alike and GRPO's advantages are 0; a small entropy bonus gives the actor a
+        # non-zero update, so step 2's KL is positive and the weight sync carries a changed actor
+        return ["+backend=cpu_vllm", "actor_rollout_ref.actor.entropy_coeff=0.01"]
     if backend == "gpu":
         return [
             "trainer.n_gpus_per_node=1",
@@ -230,6 +238,13 @@ def overrides(
     ]
 
 
+def model_path(backend: str = "cpu") -> Path:
+    """The tiny random-weight Qwen2.5-VL for ``backend`` (built once, cached)."""
+    from medvr_verl.testing.tiny_qwen25vl import tiny_qwen25vl_path
+
+    return tiny_qwen25vl_path(head_dim=32) if backend == "cpu_vllm" else tiny_qwen25vl_path()
+
+
 def command(model: Path, data: Path, out: Path, **kwargs) -> list[str]:
     """``python -m verl.trainer.main_ppo`` with the MedVR recipe and :func:`overrides`."""
     return [
@@ -254,7 +269,7 @@ def environment(
         TOKENIZERS_PARALLELISM="false",
         VERL_FILE_LOGGER_PATH=str(out / metrics),
     )
-    if backend == "cpu":
+    if backend in ("cpu", "cpu_vllm"):
         env["VERL_PLATFORM"] = "cpu"
     else:
         env.pop("VERL_PLATFORM", None)

@@ -30,7 +30,8 @@ What gets written (the same file set as a real ``Qwen/Qwen2.5-VL-*-Instruct`` ch
   12845056 to keep test prompts short. Pass ``max_pixels=REAL_MAX_PIXELS`` for the real value.
 * ``config.json`` / ``generation_config.json`` / ``model.safetensors`` -- a ``Qwen2_5_VLConfig``
   with a 2-layer 64-wide text model (4 heads, 2 kv heads, head_dim 16, ``mrope_section``
-  ``[2, 3, 3]`` summing to head_dim/2) and a 2-block 64-wide vision tower (patch 14, merge 2,
+  ``[2, 3, 3]`` summing to head_dim/2; ``head_dim=32``: 2 heads, 1 kv head, ``[4, 6, 6]``, the same
+  weight shapes, for vLLM's CPU attention) and a 2-block 64-wide vision tower (patch 14, merge 2,
   window 112, ``fullatt_block_indexes=[1]``), text vocab 448 (``len(tokenizer)`` = 430 rounded up
   to a multiple of 64), random float32 weights (372k parameters, 1.5 MB).
 
@@ -67,7 +68,9 @@ from typing import Any
 __all__ = [
     "ADDED_TOKENS",
     "CHAT_TEMPLATE_RESOURCE",
+    "DEFAULT_HEAD_DIM",
     "DEFAULT_MAX_PIXELS",
+    "HEAD_DIMS",
     "MIN_PIXELS",
     "REAL_MAX_PIXELS",
     "TinyModelSpec",
@@ -85,6 +88,13 @@ MIN_PIXELS = 3136
 REAL_MAX_PIXELS = 12845056
 #: Default ``max_pixels`` of the tiny build: at most 256 image tokens per image.
 DEFAULT_MAX_PIXELS = 256 * 28 * 28
+
+#: Text attention head size of the default build (4 heads of 16, 2 KV heads).
+DEFAULT_HEAD_DIM = 16
+#: Text attention layouts on offer, as head_dim -> (attention heads, KV heads, mrope_section); every
+#: one is 64 wide, so all weight shapes are equal. vLLM's CPU attention refuses head_dim 16
+#: ("Unsupported CPU attention configuration"; it takes 32, 64, 80 and up): use 32 with vLLM's CPU build.
+HEAD_DIMS: dict[int, tuple[int, int, list[int]]] = {16: (4, 2, [2, 3, 3]), 32: (2, 1, [4, 6, 6])}
 
 #: Bumped whenever the written files change, so cached builds get rebuilt.
 _BUILD_FORMAT = 1
@@ -159,12 +169,17 @@ class TinyModelSpec(dict):
     """The parameters a build depends on (stored in the marker file, compared for cache hits)."""
 
     @classmethod
-    def make(cls, *, seed: int, min_pixels: int, max_pixels: int) -> TinyModelSpec:
+    def make(cls, *, seed: int, min_pixels: int, max_pixels: int, head_dim: int = DEFAULT_HEAD_DIM) -> TinyModelSpec:
         import transformers
 
         if not (0 < min_pixels <= max_pixels):
             raise ValueError(f"need 0 < min_pixels <= max_pixels, got {min_pixels=} {max_pixels=}")
+        if head_dim not in HEAD_DIMS:
+            raise ValueError(f"head_dim must be one of {sorted(HEAD_DIMS)}, got {head_dim!r}")
+        # the default build's spec (hence its cache marker) is unchanged by the head_dim option
+        extra = {} if head_dim == DEFAULT_HEAD_DIM else {"head_dim": int(head_dim)}
         return cls(
+            **extra,
             build_format=_BUILD_FORMAT,
             seed=int(seed),
             min_pixels=int(min_pixels),
@@ -320,15 +335,16 @@ def _preprocessor_config(min_pixels: int, max_pixels: int) -> dict[str, Any]:
     }
 
 
-def _write_model(out: Path, *, seed: int, token_ids: dict[str, int], tokenizer_len: int) -> None:
+def _write_model(
+    out: Path, *, seed: int, token_ids: dict[str, int], tokenizer_len: int, head_dim: int = DEFAULT_HEAD_DIM
+) -> None:
     import torch
     from transformers import GenerationConfig, Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
 
     vocab_size = -(-tokenizer_len // 64) * 64  # round up to a multiple of 64, like the real 152064
-    hidden, heads = 64, 4
-    head_dim = hidden // heads
-    mrope_section = [2, 3, 3]
-    assert sum(mrope_section) == head_dim // 2
+    hidden = 64
+    heads, kv_heads, mrope_section = HEAD_DIMS[head_dim]
+    assert hidden // heads == head_dim and sum(mrope_section) == head_dim // 2
     config = Qwen2_5_VLConfig(
         text_config={
             "vocab_size": vocab_size,
@@ -336,7 +352,7 @@ def _write_model(out: Path, *, seed: int, token_ids: dict[str, int], tokenizer_l
             "intermediate_size": 128,
             "num_hidden_layers": 2,
             "num_attention_heads": heads,
-            "num_key_value_heads": 2,
+            "num_key_value_heads": kv_heads,
             "hidden_act": "silu",
             "max_position_embeddings": 32768,
             "rms_norm_eps": 1e-6,
@@ -412,7 +428,13 @@ def _write_all(out: Path, spec: TinyModelSpec) -> None:
     _dump_json(out / "tokenizer_config.json", _tokenizer_config(base, chat_template))
     _dump_json(out / "preprocessor_config.json", _preprocessor_config(spec["min_pixels"], spec["max_pixels"]))
     _dump_json(out / "chat_template.json", {"chat_template": chat_template})
-    _write_model(out, seed=spec["seed"], token_ids=token_ids, tokenizer_len=base + len(ADDED_TOKENS))
+    _write_model(
+        out,
+        seed=spec["seed"],
+        token_ids=token_ids,
+        tokenizer_len=base + len(ADDED_TOKENS),
+        head_dim=spec.get("head_dim", DEFAULT_HEAD_DIM),
+    )
     # The marker goes last: its presence means the directory is complete.
     _dump_json(out / _MARKER_NAME, dict(spec))
     # mkdtemp makes the directory 0700; a shared cache must be readable by everyone.
@@ -462,6 +484,7 @@ def build_tiny_qwen25vl(
     seed: int = 0,
     max_pixels: int = DEFAULT_MAX_PIXELS,
     min_pixels: int = MIN_PIXELS,
+    head_dim: int = DEFAULT_HEAD_DIM,
 ) -> Path:
     """Write a tiny RANDOM-weight Qwen2.5-VL model directory into ``out_dir`` and return its path.
 
@@ -477,12 +500,13 @@ def build_tiny_qwen25vl(
         max_pixels: image processor ``max_pixels`` (the real model uses :data:`REAL_MAX_PIXELS`);
             the default :data:`DEFAULT_MAX_PIXELS` caps an image at 256 placeholder tokens.
         min_pixels: image processor ``min_pixels`` (real value :data:`MIN_PIXELS`).
+        head_dim: text attention head size, a key of :data:`HEAD_DIMS` (32 for vLLM's CPU build).
 
     Safe to call concurrently from several processes: the build happens in a temporary sibling
     directory that is renamed into place under an exclusive file lock.
     """
     out = Path(out_dir).expanduser().absolute()
-    spec = TinyModelSpec.make(seed=seed, min_pixels=min_pixels, max_pixels=max_pixels)
+    spec = TinyModelSpec.make(seed=seed, min_pixels=min_pixels, max_pixels=max_pixels, head_dim=head_dim)
     if _is_complete(out, spec):
         return out
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -512,17 +536,20 @@ def tiny_qwen25vl_path(
     seed: int = 0,
     max_pixels: int = DEFAULT_MAX_PIXELS,
     min_pixels: int = MIN_PIXELS,
+    head_dim: int = DEFAULT_HEAD_DIM,
 ) -> Path:
     """Build (once) and return the cached tiny Qwen2.5-VL directory.
 
     The directory is ``$MEDVR_TINY_MODEL_DIR`` if set, else ``~/.cache/medvr_verl/tiny-qwen2.5-vl``;
-    non-default parameters get a suffixed sibling (``...-seed1-px3136-200704``). Safe under
+    non-default parameters get a suffixed sibling (``...-seed1-px3136-200704``, ``...-hd32``). Safe under
     concurrent processes (see :func:`build_tiny_qwen25vl`).
     """
     base = Path(os.environ.get("MEDVR_TINY_MODEL_DIR") or _DEFAULT_CACHE_DIR).expanduser()
     if (seed, min_pixels, max_pixels) != (0, MIN_PIXELS, DEFAULT_MAX_PIXELS):
         base = base.with_name(f"{base.name}-seed{seed}-px{min_pixels}-{max_pixels}")
-    return build_tiny_qwen25vl(base, seed=seed, max_pixels=max_pixels, min_pixels=min_pixels)
+    if head_dim != DEFAULT_HEAD_DIM:
+        base = base.with_name(f"{base.name}-hd{head_dim}")
+    return build_tiny_qwen25vl(base, seed=seed, max_pixels=max_pixels, min_pixels=min_pixels, head_dim=head_dim)
 
 
 if __name__ == "__main__":  # pragma: no cover - manual use
@@ -533,6 +560,7 @@ if __name__ == "__main__":  # pragma: no cover - manual use
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS)
     parser.add_argument("--min-pixels", type=int, default=MIN_PIXELS)
+    parser.add_argument("--head-dim", type=int, default=DEFAULT_HEAD_DIM, choices=sorted(HEAD_DIMS))
     args = parser.parse_args()
-    kwargs = dict(seed=args.seed, max_pixels=args.max_pixels, min_pixels=args.min_pixels)
+    kwargs = dict(seed=args.seed, max_pixels=args.max_pixels, min_pixels=args.min_pixels, head_dim=args.head_dim)
     print(build_tiny_qwen25vl(args.out_dir, **kwargs) if args.out_dir else tiny_qwen25vl_path(**kwargs))
