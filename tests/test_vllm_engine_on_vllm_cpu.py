@@ -27,7 +27,7 @@ import uuid
 import pytest
 
 from medvr_verl.entropy import topk_entropy, topk_entropy_error_bound
-from medvr_verl.vllm_server import _TopKEngine, position_entropies
+from medvr_verl.vllm_server import _TopKEngine
 
 TOP_K = 20
 MAX_TOKENS = 24
