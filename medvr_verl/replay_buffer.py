@@ -15,6 +15,10 @@ own; on top, each sampled batch's TransferQueue row tags (written by
 veRL adds what ``sample`` returns to the step's metrics (``PPOTrainer._step_once``). veRL passes a
 custom sampler only its base arguments: DAPO group filtering (``algorithm.filter_groups``) is not
 available with these samplers.
+
+A rollout server whose Ray actor died stops the run here, with one line naming it
+(:class:`medvr_verl.rollout_health.RolloutServerDiedError`), before a batch is sampled or prompts
+are refilled (:mod:`medvr_verl.rollout_health`).
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from verl.trainer.ppo.v1.replay_buffer import ReplayBuffer, ReplayBufferAsync
 
 from medvr_verl.agent_loop_tq import TAG_KEY
 from medvr_verl.rollout import merge_worker_stats
+from medvr_verl.rollout_health import RolloutServerDiedError, raise_if_server_died
 
 
 def rollout_metrics(tags: list[dict]) -> dict[str, float]:
@@ -44,8 +49,31 @@ def rollout_metrics(tags: list[dict]) -> dict[str, float]:
 
 
 class _RolloutMetricsMixin:
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        if self.refill_fn is not None:  # never send fresh prompts to a dead rollout server
+            refill = self.refill_fn
+
+            def refill_unless_server_died(count: int):
+                raise_if_server_died()
+                return refill(count)
+
+            self.refill_fn = refill_unless_server_died
+
     def sample(self, global_steps: int, partition_id: str, batch_size: int):
-        batch, metrics = super().sample(global_steps=global_steps, partition_id=partition_id, batch_size=batch_size)
+        try:
+            batch, metrics = super().sample(
+                global_steps=global_steps, partition_id=partition_id, batch_size=batch_size
+            )
+        except RuntimeError as error:  # veRL's own message would name the wrong cause
+            if isinstance(error, RolloutServerDiedError):
+                raise
+            try:
+                raise_if_server_died(partition_id)
+            except RolloutServerDiedError as died:
+                raise died from None
+            raise
+        raise_if_server_died(partition_id)  # a batch missing the dead server's groups is not trained on
         return batch, {**metrics, **rollout_metrics(batch.tags)}
 
 
