@@ -313,17 +313,17 @@ class MedVRAgentLoopWorkerTQ(_AgentLoopWorkerTQ):
                     await self._score_and_write_group(group, n, validate)
                 except Exception as e:
                     errors.append(e)
+            fatal = server_death(errors, step=prompt.get("global_steps"))
             if group.row_keys:
                 group.stats["group_time_s"] = [time.monotonic() - started]  # group start to its last row
                 if originals is not None:  # images of this prompt read from their source (1 per image)
                     group.stats["image_decodes"] = [float(originals.decodes)]
-                await self._tag_rows(group, partition_id)
+                await self._tag_rows(group, partition_id, fatal)
             if not validate and not errors:
                 await self._maybe_draw(prompt, group, originals)
             for error in errors:
                 logger.error("medvr: session of uid=%s failed", uid, exc_info=(type(error), error, error.__traceback__))
             status = "failure" if errors else "finished"
-            fatal = server_death(errors, step=prompt.get("global_steps"))
         except Exception as e:
             logger.exception("medvr: rollout of uid=%s failed", uid)
             if tasks:
@@ -434,8 +434,11 @@ class MedVRAgentLoopWorkerTQ(_AgentLoopWorkerTQ):
         except Exception:  # drawing must never cost a training step
             logger.exception("medvr: drawing step %s overlays failed", step)
 
-    async def _tag_rows(self, group: _PromptGroup, partition_id: str) -> None:
+    async def _tag_rows(self, group: _PromptGroup, partition_id: str, fatal: str | None = None) -> None:
         tags = [{TAG_KEY: dict(tag)} for tag in group.row_tags]
+        if fatal:  # the rows reach the replay buffer after veRL cleared the group's own tag
+            for tag in tags:
+                tag[FATAL_TAG] = fatal
         if group.stats:
             tags[0][TAG_KEY]["group"] = {name: list(values) for name, values in group.stats.items()}
         await tq.async_kv_batch_put(keys=group.row_keys, partition_id=partition_id, tags=tags)

@@ -28,7 +28,7 @@ from verl.trainer.ppo.v1.replay_buffer import ReplayBuffer, ReplayBufferAsync
 
 from medvr_verl.agent_loop_tq import TAG_KEY
 from medvr_verl.rollout import merge_worker_stats
-from medvr_verl.rollout_health import RolloutServerDiedError, raise_if_server_died
+from medvr_verl.rollout_health import RolloutServerDiedError, raise_if_fatal, raise_if_server_died
 
 
 def rollout_metrics(tags: list[dict]) -> dict[str, float]:
@@ -73,7 +73,8 @@ class _RolloutMetricsMixin:
             except RolloutServerDiedError as died:
                 raise died from None
             raise
-        raise_if_server_died(partition_id)  # a batch missing the dead server's groups is not trained on
+        # veRL cleared the sampled groups' own tags; their rows carry the line too
+        raise_if_fatal(batch.tags)
         return batch, {**metrics, **rollout_metrics(batch.tags)}
 
 

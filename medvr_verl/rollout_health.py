@@ -6,9 +6,11 @@ materializable trajectories. Enable trainer.v1.sampler.sync_refill_failed_groups
 and that advice, like the async buffers' refill, would keep sending prompts to a dead server).
 When a session failed because the rollout server's Ray actor died (``ray.exceptions.ActorDiedError``
 raised by ``server.generate.remote``), :class:`medvr_verl.agent_loop_tq.MedVRAgentLoopWorkerTQ` tags
-the group with :data:`FATAL_TAG` (one line from :func:`server_death`) and
-:mod:`medvr_verl.replay_buffer` raises :class:`RolloutServerDiedError` with that line before it
-samples or refills anything.
+the group and its rows with :data:`FATAL_TAG` (one line from :func:`server_death`) and
+:mod:`medvr_verl.replay_buffer` raises :class:`RolloutServerDiedError` with that line instead of
+returning such a batch, refilling prompts, or veRL's misleading error. (Without rows from the dead
+server in the sampled batch, the sync trainer's next call to the server, ``sleep_replicas``, stops
+the run with Ray's ``ActorDiedError``, which names the actor too.)
 """
 
 from __future__ import annotations
@@ -52,12 +54,17 @@ def server_death(errors, step=None) -> str | None:
     return None
 
 
+def raise_if_fatal(tags) -> None:
+    """Raise :class:`RolloutServerDiedError` with the first :data:`FATAL_TAG` among TransferQueue ``tags``."""
+    for tag in tags:
+        if isinstance(tag, dict) and tag.get(FATAL_TAG):
+            raise RolloutServerDiedError(tag[FATAL_TAG])
+
+
 def raise_if_server_died(partition_id: str | None = None) -> None:
-    """Raise :class:`RolloutServerDiedError` if a prompt group in TransferQueue carries :data:`FATAL_TAG`."""
+    """Raise :class:`RolloutServerDiedError` if a prompt group or row in TransferQueue carries :data:`FATAL_TAG`."""
     import transfer_queue as tq
 
     data = tq.kv_list(partition_id) if partition_id is not None else tq.kv_list()
     for items in (data or {}).values():
-        for tag in (items or {}).values():
-            if isinstance(tag, dict) and tag.get(FATAL_TAG):
-                raise RolloutServerDiedError(tag[FATAL_TAG])
+        raise_if_fatal((items or {}).values())

@@ -79,7 +79,15 @@ def _kill_run(proc: subprocess.Popen) -> None:
         except psutil.NoSuchProcess:
             pass
     proc.wait(timeout=60)
-    psutil.wait_procs(family, timeout=30)
+    _, alive = psutil.wait_procs(family, timeout=30)
+    running = []
+    for child in alive:  # a zombie waits for a reaper, it runs nothing
+        try:
+            if child.status() != psutil.STATUS_ZOMBIE:
+                running.append(child)
+        except psutil.NoSuchProcess:
+            pass
+    assert not running, f"processes of the killed run still running: {running}"
 
 
 def _questions(rows: list[dict]) -> list[int]:
@@ -132,6 +140,7 @@ def killed_in_save(tmp_path_factory):
         if proc.poll() is None:
             _kill_run(proc)
     assert seen is not None, f"global_step_2 never appeared (exit {proc.returncode}):\n" + log.read_text()[-4000:]
+    print(f"killed while global_step_2 held {seen}")
     return out, seen
 
 
@@ -212,6 +221,11 @@ def test_a_rollout_server_killed_during_generation_ends_the_run_with_one_line(tm
         f"still running {SERVER_DEATH_BOUND_S} s after the server died:\n" + text[-4000:]
     )
     assert not (out / "rollouts" / "1.jsonl").exists()  # it died during step 1's generation
-    lines = [line for line in text.splitlines() if "rollout server" in line and actor in line and "died" in line]
+    # the run's own error: one line naming the actor, its class, pid and the step
+    line = (
+        f"RolloutServerDiedError: medvr: rollout server {actor} (CPURolloutServer, pid {pid}) "
+        "died during generation of step 1"
+    )
+    lines = [row for row in text.splitlines() if line in row]
     assert lines, text[-6000:]
-    print(f"server killed during generation: run ended {ended_after:.1f} s later with: {lines[0]}")
+    print(f"server killed during generation: run ended {ended_after:.1f} s later with: {lines[-1]}")
