@@ -17,8 +17,8 @@ custom sampler only its base arguments: DAPO group filtering (``algorithm.filter
 available with these samplers.
 
 A rollout server whose Ray actor died stops the run here, with one line naming it
-(:class:`medvr_verl.rollout_health.RolloutServerDiedError`), before a batch is sampled or prompts
-are refilled (:mod:`medvr_verl.rollout_health`).
+(:class:`medvr_verl.rollout_health.RolloutServerDiedError`), instead of a batch from its failed
+groups or veRL's misleading error (:mod:`medvr_verl.rollout_health`; sync trainer mode, the recipes').
 """
 
 from __future__ import annotations
@@ -49,17 +49,6 @@ def rollout_metrics(tags: list[dict]) -> dict[str, float]:
 
 
 class _RolloutMetricsMixin:
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        if self.refill_fn is not None:  # never send fresh prompts to a dead rollout server
-            refill = self.refill_fn
-
-            def refill_unless_server_died(count: int):
-                raise_if_server_died()
-                return refill(count)
-
-            self.refill_fn = refill_unless_server_died
-
     def sample(self, global_steps: int, partition_id: str, batch_size: int):
         try:
             batch, metrics = super().sample(

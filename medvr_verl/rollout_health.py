@@ -1,16 +1,23 @@
 """A rollout server that dies stops the run at once, with one line naming it.
 
-veRL 0.9.1's V1 trainer treats a prompt group whose sessions raised as an ordinary ``failure``:
-the sync ``ReplayBuffer`` samples it anyway and then stops with "selected terminal groups with no
-materializable trajectories. Enable trainer.v1.sampler.sync_refill_failed_groups ..." (wrong cause,
-and that advice, like the async buffers' refill, would keep sending prompts to a dead server).
+veRL 0.9.1's V1 trainer treats a prompt group whose sessions raised as an ordinary ``failure``.
+Its sync ``ReplayBuffer`` samples such groups anyway: with rows written it returns them and the
+trainer's next call to the server (``sleep_replicas``) stops the run with Ray's multi-line
+``ActorDiedError`` (about 6 s after the death on the tiny CPU run); with no rows at all it stops with
+"selected terminal groups with no materializable trajectories. Enable
+trainer.v1.sampler.sync_refill_failed_groups ..." (wrong cause, wrong advice).
+
 When a session failed because the rollout server's Ray actor died (``ray.exceptions.ActorDiedError``
 raised by ``server.generate.remote``), :class:`medvr_verl.agent_loop_tq.MedVRAgentLoopWorkerTQ` tags
 the group and its rows with :data:`FATAL_TAG` (one line from :func:`server_death`) and
 :mod:`medvr_verl.replay_buffer` raises :class:`RolloutServerDiedError` with that line instead of
-returning such a batch, refilling prompts, or veRL's misleading error. (Without rows from the dead
+returning such a batch or veRL's misleading error. (Without rows from the dead
 server in the sampled batch, the sync trainer's next call to the server, ``sleep_replicas``, stops
 the run with Ray's ``ActorDiedError``, which names the actor too.)
+
+Not covered: with ``trainer.v1.sampler.sync_refill_failed_groups`` or an async trainer mode veRL
+evicts failed groups (their tags with them) and refills fresh prompts, which fail in turn; each
+failed group logs the line below, but nothing here stops the run (read from veRL's source, untested).
 """
 
 from __future__ import annotations
