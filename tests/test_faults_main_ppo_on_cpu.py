@@ -164,7 +164,9 @@ def test_the_kill_landed_inside_the_save(killed_in_save):
     # veRL writes the tracker last: it still names step 1, whose checkpoint is whole
     assert (checkpoints / "latest_checkpointed_iteration.txt").read_text().strip() == "1"
     assert (checkpoints / "global_step_1" / "data.pt").exists()
-    assert "data.pt" not in in_step_dir, f"step 2's save had finished: {in_step_dir}"
+    assert in_step_dir != sorted(  # step 2's folder was not whole when the kill landed
+        str(p.relative_to(checkpoints / "global_step_1")) for p in (checkpoints / "global_step_1").rglob("*")
+    )
     assert sorted(r["step"] for r in _jsonl(out / "metrics.jsonl")) == [1]
     assert (out / "rollouts" / "1.jsonl").exists() and not (out / "rollouts" / "2.jsonl").exists()
 
