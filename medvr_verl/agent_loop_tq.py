@@ -40,7 +40,7 @@ Failure: a session that raises is logged and leaves its group ``failure`` (veRL'
 samples the remaining rows; ``trainer.v1.sampler.sync_refill_failed_groups`` replaces such groups
 instead). A failed base offers no fork points; forks planned from the other bases still run. A group
 scored with a member missing is marked ``cca_partial_group``. A session that failed because the
-rollout server's Ray actor died tags its group :data:`medvr_verl.rollout_health.FATAL_TAG`, and the
+rollout server's Ray actor died tags its group and rows :data:`medvr_verl.rollout_health.FATAL_TAG`; the
 MedVR replay buffer stops the run with that one line (:mod:`medvr_verl.rollout_health`).
 """
 
