@@ -1,4 +1,4 @@
-"""Resume and stop under faults. SLOW: three real ``main_ppo`` runs, 4.5 min on 2 cores (85 s, 90 s, 75 s).
+"""Resume and stop under faults. SLOW: three real ``main_ppo`` runs, 3-4.5 min on 2 cores (each 55-90 s).
 
 Real ``python -m verl.trainer.main_ppo`` runs of the MedVR recipe on CPU (``medvr_verl.cpu.tiny_run``,
 8 numbered questions, 2 per step), each started in its own session so the test owns its process
