@@ -39,7 +39,9 @@ batch into ``medvr/...`` step metrics (V1's channel from rollout to the logger).
 Failure: a session that raises is logged and leaves its group ``failure`` (veRL's ReplayBuffer still
 samples the remaining rows; ``trainer.v1.sampler.sync_refill_failed_groups`` replaces such groups
 instead). A failed base offers no fork points; forks planned from the other bases still run. A group
-scored with a member missing is marked ``cca_partial_group``.
+scored with a member missing is marked ``cca_partial_group``. A session that failed because the
+rollout server's Ray actor died tags its group and rows :data:`medvr_verl.rollout_health.FATAL_TAG`; the
+MedVR replay buffer stops the run with that one line (:mod:`medvr_verl.rollout_health`).
 """
 
 from __future__ import annotations
@@ -63,6 +65,7 @@ from medvr_verl.agent_loop import BUDGET_OVERFLOW_KEY, RUNTIME_KWARGS, TRAJECTOR
 from medvr_verl.config_check import check_settings
 from medvr_verl.entropy import decide_fork, fill_forks, keyed_rng, prompt_key, qualifies
 from medvr_verl.reward_manager import GROUP_EXPECTED_KEY
+from medvr_verl.rollout_health import FATAL_TAG, server_death
 from medvr_verl.rollout import (
     call_delta_h,
     group_reward_data,
@@ -283,6 +286,7 @@ class MedVRAgentLoopWorkerTQ(_AgentLoopWorkerTQ):
         originals: OriginalImages | None = None
         tasks: list[asyncio.Task] = []
         status = "failure"
+        fatal: str | None = None
         try:
             rollout = self.config.actor_rollout_ref.rollout
             n = int(prompt.pop("__rollout_n__", rollout.val_kwargs.n if validate else rollout.n))
@@ -327,20 +331,22 @@ class MedVRAgentLoopWorkerTQ(_AgentLoopWorkerTQ):
                     await self._score_and_write_group(group, n, validate)
                 except Exception as e:
                     errors.append(e)
+            fatal = server_death(errors, step=prompt.get("global_steps"))
             if group.row_keys:
                 group.stats["group_time_s"] = [time.monotonic() - started]  # group start to its last row
                 if originals is not None:  # images of this prompt read from their source (1 per image)
                     group.stats["image_decodes"] = [float(originals.decodes)]
-                await self._tag_rows(group, partition_id)
+                await self._tag_rows(group, partition_id, fatal)
             if not validate and not errors:
                 await self._maybe_draw(prompt, group, originals)
             for error in errors:
                 logger.error("medvr: session of uid=%s failed", uid, exc_info=(type(error), error, error.__traceback__))
             status = "failure" if errors else "finished"
-        except Exception:
+        except Exception as e:
             logger.exception("medvr: rollout of uid=%s failed", uid)
             if tasks:
                 await _settle(tasks)
+            fatal = server_death([e], step=prompt.get("global_steps"))
         finally:
             self._groups.pop(uid, None)
             if evr_group is not None:
@@ -348,7 +354,11 @@ class MedVRAgentLoopWorkerTQ(_AgentLoopWorkerTQ):
             if originals is not None:
                 originals.release()
         # terminal only after every row of the group is written (ReplayBuffer samples terminal groups)
-        await tq.async_kv_put(key=uid, partition_id=partition_id, tag={"status": status})
+        tag = {"status": status}
+        if fatal:  # the rollout server died: medvr_verl.replay_buffer stops the run with this line
+            logger.error(fatal)
+            tag[FATAL_TAG] = fatal
+        await tq.async_kv_put(key=uid, partition_id=partition_id, tag=tag)
 
     def _agent_name(self, prompt: dict) -> str:
         return prompt.get("agent_name", self.config.actor_rollout_ref.rollout.agent.default_agent_loop)
@@ -442,8 +452,11 @@ class MedVRAgentLoopWorkerTQ(_AgentLoopWorkerTQ):
         except Exception:  # drawing must never cost a training step
             logger.exception("medvr: drawing step %s overlays failed", step)
 
-    async def _tag_rows(self, group: _PromptGroup, partition_id: str) -> None:
+    async def _tag_rows(self, group: _PromptGroup, partition_id: str, fatal: str | None = None) -> None:
         tags = [{TAG_KEY: dict(tag)} for tag in group.row_tags]
+        if fatal:  # the rows reach the replay buffer after veRL cleared the group's own tag
+            for tag in tags:
+                tag[FATAL_TAG] = fatal
         if group.stats:
             tags[0][TAG_KEY]["group"] = {name: list(values) for name, values in group.stats.items()}
         await tq.async_kv_batch_put(keys=group.row_keys, partition_id=partition_id, tags=tags)

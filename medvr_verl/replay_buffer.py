@@ -22,6 +22,10 @@ own; on top, each sampled batch's TransferQueue row tags (written by
 veRL adds what ``sample`` returns to the step's metrics (``PPOTrainer._step_once``). veRL passes a
 custom sampler only its base arguments: DAPO group filtering (``algorithm.filter_groups``) is not
 available with these samplers.
+
+A rollout server whose Ray actor died stops the run here, with one line naming it
+(:class:`medvr_verl.rollout_health.RolloutServerDiedError`), instead of a batch from its failed
+groups or veRL's misleading error (:mod:`medvr_verl.rollout_health`; sync trainer mode, the recipes').
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ from verl.trainer.ppo.v1.replay_buffer import ReplayBuffer, ReplayBufferAsync
 
 from medvr_verl.agent_loop_tq import TAG_KEY
 from medvr_verl.rollout import merge_worker_stats
+from medvr_verl.rollout_health import RolloutServerDiedError, raise_if_fatal, raise_if_server_died
 
 
 def rollout_metrics(tags: list[dict]) -> dict[str, float]:
@@ -52,7 +57,20 @@ def rollout_metrics(tags: list[dict]) -> dict[str, float]:
 
 class _RolloutMetricsMixin:
     def sample(self, global_steps: int, partition_id: str, batch_size: int):
-        batch, metrics = super().sample(global_steps=global_steps, partition_id=partition_id, batch_size=batch_size)
+        try:
+            batch, metrics = super().sample(
+                global_steps=global_steps, partition_id=partition_id, batch_size=batch_size
+            )
+        except RuntimeError as error:  # veRL's own message would name the wrong cause
+            if isinstance(error, RolloutServerDiedError):
+                raise
+            try:
+                raise_if_server_died(partition_id)
+            except RolloutServerDiedError as died:
+                raise died from None
+            raise
+        # veRL cleared the sampled groups' own tags; their rows carry the line too
+        raise_if_fatal(batch.tags)
         return batch, {**metrics, **rollout_metrics(batch.tags)}
 
 

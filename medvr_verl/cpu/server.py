@@ -85,6 +85,16 @@ def cpu_options(rollout_config) -> dict[str, Any]:
     return options
 
 
+def ray_actor_name() -> str:
+    """This process's Ray actor name (``medvr_cpu_server_<replica>``), or ``?`` outside an actor."""
+    try:
+        import ray
+
+        return ray.get_runtime_context().get_actor_name() or "?"
+    except Exception:  # not in a Ray actor (unit tests build the server in-process)
+        return "?"
+
+
 def weights_fingerprint(named_tensors) -> str:
     """A short hash of all parameters (names and float32 values), order-independent of dict order."""
     digest = hashlib.sha256()
@@ -113,6 +123,7 @@ class CPURolloutServer:
         self._processor = None
         self._scripted = None
         self._generator = torch.Generator().manual_seed(int(self.options["seed"]) + replica_rank)
+        self._announced_version: int | None = None  # the weights the last "generating" line named
         self._load()
 
     # -- model -----------------------------------------------------------------------------------
@@ -255,6 +266,12 @@ class CPURolloutServer:
             raise NotImplementedError("medvr_cpu: video inputs are not supported")
         prompt_ids = list(normalize_token_ids(prompt_ids))
         params = dict(sampling_params)
+        if self._announced_version != self.weight_version:  # one line per rollout phase, not per request
+            self._announced_version = self.weight_version
+            self._log(
+                f"generating with weights v{self.weight_version} (global_steps={self.global_steps}), "
+                f"actor {ray_actor_name()} pid {os.getpid()}"
+            )
         vision = await asyncio.to_thread(self._vision_inputs, image_data, kwargs.get("mm_processor_kwargs"))
         if self.policy == "scripted":
             token_ids = await self._scripted_tokens(request_id, prompt_ids, params, image_data, vision)

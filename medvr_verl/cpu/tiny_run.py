@@ -46,8 +46,11 @@ QUESTIONS = (
 )
 
 
-def build_data(out: Path, num_questions: int = 8) -> Path:
-    """``out/tiny_medvr.parquet``: ``num_questions`` questions alternating over :data:`QUESTIONS`."""
+def build_data(out: Path, num_questions: int = 8, numbered: bool = False) -> Path:
+    """``out/tiny_medvr.parquet``: ``num_questions`` questions alternating over :data:`QUESTIONS`.
+
+    ``numbered``: each question says its row (``(question 3)``), so a rollout dump shows which
+    dataset rows a step trained on (the resume tests compare them with veRL's sampler order)."""
     import pydicom.data
 
     from medvr_verl.data import ImageRef, Record, write_records
@@ -63,7 +66,7 @@ def build_data(out: Path, num_questions: int = 8) -> Path:
                 dataset="tiny",
                 split="train",
                 source_id=str(i),
-                question=f"{question} [script:{answer}_{wrong}]",
+                question=f"{question}{f' (question {i})' if numbered else ''} [script:{answer}_{wrong}]",
                 answer=answer,
                 question_type="multiple_choice",
                 options=options,
