@@ -14,6 +14,7 @@ import string
 from collections.abc import Mapping
 from typing import NamedTuple
 
+from medvr_verl.scoring import _as_list as _truths  # a ground truth or options as a plain list
 from medvr_verl.scoring import score_multiple_choice
 
 
@@ -22,19 +23,6 @@ class GroundTruthProblem(NamedTuple):
     """One cause: ``missing`` | ``not_text`` | ``empty`` | ``no_option``."""
     message: str
     """What is wrong and how to fix it, one sentence."""
-
-
-def _truths(value: object) -> list:
-    if value is None:
-        return []
-    if isinstance(value, (str, bytes)):
-        return [value]
-    tolist = getattr(value, "tolist", None)
-    if callable(tolist):
-        value = tolist()
-    if isinstance(value, (list, tuple)):
-        return list(value)
-    return [value]
 
 
 def _is_missing(value: object) -> bool:

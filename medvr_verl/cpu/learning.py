@@ -134,16 +134,8 @@ def overrides(
 
 
 def command(model: Path, data: Path, out: Path, **kwargs) -> list[str]:
-    import sys
-
-    return [
-        sys.executable,
-        "-m",
-        "verl.trainer.main_ppo",
-        "--config-path=pkg://medvr_verl.recipes.medvr",
-        "--config-name=medvr",
-        *overrides(model, data, out, **kwargs),
-    ]
+    """``python -m verl.trainer.main_ppo`` with the MedVR recipe and :func:`overrides`."""
+    return tiny_run.medvr_main_ppo(overrides(model, data, out, **kwargs))
 
 
 def run(model: Path, out: Path, *, num_records: int = 64, data_seed: int = 0, timeout: float = 3600, **kwargs):

@@ -248,16 +248,21 @@ def model_path(backend: str = "cpu") -> Path:
     return tiny_qwen25vl_path(head_dim=32) if backend == "cpu_vllm" else tiny_qwen25vl_path()
 
 
-def command(model: Path, data: Path, out: Path, **kwargs) -> list[str]:
-    """``python -m verl.trainer.main_ppo`` with the MedVR recipe and :func:`overrides`."""
+def medvr_main_ppo(override_list: list[str]) -> list[str]:
+    """``python -m verl.trainer.main_ppo`` with the MedVR recipe and ``override_list``."""
     return [
         sys.executable,
         "-m",
         "verl.trainer.main_ppo",
         "--config-path=pkg://medvr_verl.recipes.medvr",
         "--config-name=medvr",
-        *overrides(model, data, out, **kwargs),
+        *override_list,
     ]
+
+
+def command(model: Path, data: Path, out: Path, **kwargs) -> list[str]:
+    """``python -m verl.trainer.main_ppo`` with the MedVR recipe and :func:`overrides`."""
+    return medvr_main_ppo(overrides(model, data, out, **kwargs))
 
 
 def environment(
