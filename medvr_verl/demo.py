@@ -119,12 +119,13 @@ def run_training(
     ``backend``: ``cpu`` (CPU overlay, medvr_cpu server, scripted policy) or ``cpu_vllm`` (medvr_vllm on
     vLLM's CPU build, which samples the text)."""
     from medvr_verl.cpu import tiny_run
+    from medvr_verl.testing.tiny_qwen25vl import tiny_model_path_for
 
     data = out / "tiny_medvr.parquet"
     if not data.exists():
         tiny_run.build_data(out)
     cmd = tiny_run.command(
-        tiny_run.model_path(backend), data, out, steps=steps, save_freq=save_freq, resume=resume, backend=backend
+        tiny_model_path_for(backend), data, out, steps=steps, save_freq=save_freq, resume=resume, backend=backend
     )
     print("$ VERL_PLATFORM=cpu " + " ".join(cmd[1:]), flush=True)
     log_path = out / ("main_ppo_resume.log" if resume else "main_ppo.log")

@@ -31,10 +31,11 @@ def run(tmp_path_factory):
     import vllm  # noqa: F401  (a missing vLLM fails here: this suite exists to run on it)
 
     from medvr_verl.cpu import tiny_run
+    from medvr_verl.testing.tiny_qwen25vl import tiny_model_path_for
 
     out = tmp_path_factory.mktemp("main_ppo_vllm")
     data = tiny_run.build_data(out)
-    cmd = tiny_run.command(tiny_run.model_path("cpu_vllm"), data, out, steps=2, backend="cpu_vllm")
+    cmd = tiny_run.command(tiny_model_path_for("cpu_vllm"), data, out, steps=2, backend="cpu_vllm")
     result = subprocess.run(
         cmd, env=tiny_run.environment("cpu_vllm", out), capture_output=True, text=True, timeout=1500
     )

@@ -241,13 +241,6 @@ def overrides(
     ]
 
 
-def model_path(backend: str = "cpu") -> Path:
-    """The tiny random-weight Qwen2.5-VL for ``backend`` (built once, cached)."""
-    from medvr_verl.testing.tiny_qwen25vl import tiny_qwen25vl_path
-
-    return tiny_qwen25vl_path(head_dim=32) if backend == "cpu_vllm" else tiny_qwen25vl_path()
-
-
 def medvr_main_ppo(override_list: list[str]) -> list[str]:
     """``python -m verl.trainer.main_ppo`` with the MedVR recipe and ``override_list``."""
     return [

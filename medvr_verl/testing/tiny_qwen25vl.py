@@ -531,6 +531,12 @@ def build_tiny_qwen25vl(
     return out
 
 
+def tiny_model_path_for(backend: str = "cpu") -> Path:
+    """The tiny model of :mod:`medvr_verl.cpu.tiny_run`'s ``backend``: head_dim 32 for ``cpu_vllm``
+    (vLLM's CPU attention refuses 16), the default otherwise (built once, cached)."""
+    return tiny_qwen25vl_path(head_dim=32) if backend == "cpu_vllm" else tiny_qwen25vl_path()
+
+
 def tiny_qwen25vl_path(
     *,
     seed: int = 0,
