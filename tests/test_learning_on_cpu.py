@@ -62,7 +62,7 @@ def test_consensus_monitor_is_logged_against_the_gt_box(curve):
 
 def test_forks_come_from_qualified_calls_while_the_zoom_is_uncertain(curve):
     """The policy's entropy at the coordinates makes dH > threshold: forks at qualified calls, not
-    the fallback (``fresh``: it places no fork); as the zoom is learned, dH falls."""
+    the fallback (``fresh``: it places no fork)."""
     assert all(r["fork_rate_fallback"] == 0.0 for r in curve)
     assert learning.window_mean(curve, "fork_rate_qualified", first=3) > 0.0
     assert learning.window_mean(curve, "qualified_points", first=3) > 0.0
