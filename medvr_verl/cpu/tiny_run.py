@@ -10,6 +10,9 @@ CPU run checks the GPU run's config: the two differ only in :func:`backend_overr
   reads (:class:`medvr_verl.cpu.script.ZoomThenAnswer`).
 * :func:`command`: ``python -m verl.trainer.main_ppo --config-path=pkg://medvr_verl.recipes.medvr
   --config-name=medvr`` scaled to the tiny model, plus the backend.
+* :func:`val_only_command`: the same run as an evaluation (``trainer.val_only=true``, the samples
+  dumped to ``out/validation`` for ``python -m medvr_verl.eval report``;
+  ``tests/test_eval_val_only_on_cpu.py``).
 * :func:`environment`: the process environment (``VERL_PLATFORM=cpu`` on CPU, the metrics file).
 * :func:`model_path`: the tiny model for a backend (``cpu_vllm``: ``head_dim=32``, as vLLM's CPU
   attention requires).
