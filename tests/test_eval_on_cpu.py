@@ -226,6 +226,7 @@ def _write_verl_dump(path: Path, step: int) -> None:
         "cca_iou": [float("nan")] * 5,  # NaN as medvr_cca leaves it where undefined
         "group_uid": ["u1", "u1", "u2", "u2", "u3"],
         "sample_index": [10, 10, 11, 11, 0],
+        "boxes_from_text": [False] * 5,
         "data_source": ["slake"] * 4 + ["my_set"],
         "question_type": ["closed", "closed", "open", "open", "multiple_choice"],
         "uid": ["u1_0_0", "u1_1_0", "u2_0_0", "u2_1_0", "u3_0_0"],  # veRL's TransferQueue keys
@@ -242,7 +243,7 @@ def _write_verl_dump(path: Path, step: int) -> None:
 
 
 def test_report_of_a_verl_dump_by_hand(tmp_path):
-    from medvr_verl.eval.dump import DumpError, find_dump, read_dump, report_from_dump
+    from medvr_verl.eval.dump import DumpError, find_dump, read_dump, record_of_line, report_from_dump
 
     _write_verl_dump(tmp_path / "dump", 0)
     _write_verl_dump(tmp_path / "dump", 8)
@@ -257,6 +258,8 @@ def test_report_of_a_verl_dump_by_hand(tmp_path):
     assert [r["benchmark"] for r in records] == ["slake"] * 4 + ["my_set"]
     assert records[0]["gt"] == "yes" and records[0]["response"] == "response 0" and records[2]["num_zoom_invalid"] == 1
     assert records[0]["cca_iou"] is None  # NaN: undefined
+    line = {**json.loads((tmp_path / "dump" / "8.jsonl").read_text().splitlines()[0]), "boxes_from_text": True}
+    assert record_of_line(line)["gt_boxes"] == []  # text boxes (model image space) are not graded
 
     result = report_from_dump(tmp_path / "dump", tmp_path / "out", model="step8")
     g = result.results["grounding"]["slake"]  # gt union: 10 x 20 = 200

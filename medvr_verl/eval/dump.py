@@ -103,7 +103,9 @@ def record_of_line(line: Mapping[str, Any], where: str = "") -> dict:
         "num_zoom_invalid": int(_number(line.get("num_zoom_invalid"), 0.0)),
         "zoom_boxes": _json_list(line["zoom_boxes_json"]),
         "consensus": _json_list(line["cca_consensus_json"]),
-        "gt_boxes": _json_list(line.get("gt_boxes_json")),
+        # boxes read from the response text are in the model's image space, gt boxes in the original's:
+        # not comparable, so such a sample stays out of the grounding check (as medvr_cca's monitor does)
+        "gt_boxes": [] if line.get("boxes_from_text") is True else _json_list(line.get("gt_boxes_json")),
         "tool_reward": _number(line.get("tool_reward")),
         "cca_iou": _number(line.get("cca_iou")),
         "response": line.get("output"),
