@@ -1,8 +1,10 @@
 """EVR's fork plan for one prompt: which zoom calls of the finished base trajectories the forks start from.
 
-Used by the V1 worker (:class:`medvr_verl.agent_loop_tq.MedVRAgentLoopWorkerTQ`, ``two_phase`` mode
-and the streaming mode's remaining slots). The decisions themselves (``dH``, qualification, the
-fallback) are pure math in :mod:`medvr_verl.entropy`; this module reads them off trajectory records.
+Used by the V1 worker (:mod:`medvr_verl.agent_loop_tq`): ``evr.mode: two_phase`` plans a group's
+forks with :func:`plan_group_forks` once every base finished; the streaming mode decides each zoom
+call as it is generated with :func:`call_delta_h` and counts its forks with :func:`record_fork_stats`.
+The decisions themselves (``dH``, qualification, the fallback) are pure math in
+:mod:`medvr_verl.entropy`; this module reads their inputs off trajectory records.
 """
 
 from __future__ import annotations
