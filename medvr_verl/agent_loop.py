@@ -24,7 +24,7 @@ trajectory before its image tokens enter the context). On top, each trajectory's
 ``medvr_fork``
     ``None`` for a base trajectory, ``{"call", "turn", "prefix_tokens"}`` for an EVR fork.
 
-Forks (EVR, :mod:`medvr_verl.agent_loop_tq` and :mod:`medvr_verl.rollout`): a sample run with
+Forks (EVR, :mod:`medvr_verl.agent_loop_tq`): a sample run with
 ``medvr_publish_key`` leaves its final state in :data:`TRAJECTORY_STORE` for the worker; one run with
 ``medvr_fork_hook`` reports each zoom call as soon as it is generated (streaming EVR). A sample run
 with ``medvr_fork={"state": ForkState}`` (streaming: cut from the live base) or ``{"source": key,
@@ -44,7 +44,7 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
-from verl.experimental.agent_loop.agent_loop import register
+from verl.experimental.agent_loop.agent_loop import _agent_loop_registry, register
 from verl.experimental.agent_loop.tool_agent_loop import AgentData, AgentState, ToolAgentLoop
 
 from medvr_verl.entropy import TOKEN_ENTROPY_KEY as ENTROPY_KEY
@@ -383,3 +383,18 @@ def _char_to_token(tokenizer, token_ids: list[int], char_pos: int, *, round_up: 
 
 def _is_zoom_tool(tool) -> bool:
     return isinstance(tool, ZoomInTool)
+
+
+def is_medvr_agent(agent_name) -> bool:
+    """Whether the agent loop registered as ``agent_name`` is :class:`MedVRAgentLoop` or a subclass
+    (EVR forks, and the data check's image requirement, apply to those only)."""
+    entry = _agent_loop_registry.get(str(agent_name))
+    if entry is None:
+        return False
+    target = entry.get("_target_", "")
+    try:
+        from verl.utils.import_utils import load_class_from_fqn
+
+        return issubclass(load_class_from_fqn(target, "agent loop"), MedVRAgentLoop)
+    except Exception:
+        return False

@@ -14,7 +14,7 @@ Select with ``actor_rollout_ref.rollout.agent.agent_loop_manager_class=``
   (:func:`medvr_verl.entropy.decide_fork`) and a chosen one starts a fork at once from the base's
   state cut at its coordinates, while the base goes on (:class:`_StreamingEVRGroup`); slots left when
   every base settled are spent at once by ``evr.fallback``. ``evr.mode: two_phase``: forks wait for
-  all bases, then :func:`medvr_verl.rollout.plan_group_forks` plans them. Validation and ``n = 1``
+  all bases, then :func:`medvr_verl.evr_plan.plan_group_forks` plans them. Validation and ``n = 1``
   run unforked. Fork state stays in this process (:data:`medvr_verl.agent_loop.TRAJECTORY_STORE`,
   :class:`medvr_verl.agent_loop.ForkState`).
 * **Original images** of a ``medvr_agent`` prompt are read once (:class:`OriginalImages`, shared by
@@ -61,18 +61,19 @@ import transfer_queue as tq
 from verl.experimental.agent_loop import AgentLoopOutput
 from verl.trainer.ppo.v1.agent_loop_tq import AgentLoopManagerTQ, AgentLoopWorkerTQ, apply_greedy_sampling_params
 
-from medvr_verl.agent_loop import BUDGET_OVERFLOW_KEY, RUNTIME_KWARGS, TRAJECTORY_STORE, cut_fork_state
+from medvr_verl.agent_loop import (
+    BUDGET_OVERFLOW_KEY,
+    RUNTIME_KWARGS,
+    TRAJECTORY_STORE,
+    cut_fork_state,
+    is_medvr_agent,
+)
 from medvr_verl.config_check import check_settings
 from medvr_verl.entropy import decide_fork, fill_forks, keyed_rng, prompt_key, qualifies
+from medvr_verl.evr_plan import call_delta_h, plan_group_forks, record_fork_stats
+from medvr_verl.group_reward import group_reward_data
 from medvr_verl.reward_manager import GROUP_EXPECTED_KEY
 from medvr_verl.rollout_health import FATAL_TAG, server_death
-from medvr_verl.rollout import (
-    call_delta_h,
-    group_reward_data,
-    is_medvr_agent,
-    plan_group_forks,
-    record_fork_stats,
-)
 from medvr_verl.settings import EVRSettings
 from medvr_verl.tools.image_io import OriginalImages
 from medvr_verl.trajectory import FORK_KEY, RECORD_KEY, record_of

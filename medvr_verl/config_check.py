@@ -18,6 +18,7 @@ The checks come in parts, each its own function (:func:`check_light_settings` ru
 * :func:`check_option_values`: every EVR and ``medvr_cca`` option typed and range-checked, unknown
   keys refused (:mod:`medvr_verl.settings`), ``rollout.custom.viz`` and the pixel budget;
 * :func:`check_evr_group_size`: EVR with fewer than 2 samples per prompt (nothing to fork) refused;
+* :func:`check_trainer`: MedVR's V1 manager under ``trainer.use_v1=false`` refused;
 * :func:`check_v1_modes`: EVR under an async V1 trainer mode, ``tool_reward: consensus`` without
   streaming reward workers;
 * :func:`check_gpus` (the callback only, in the driver): more GPUs asked for than this machine shows,
@@ -67,9 +68,26 @@ def check_settings(config, *, reward_workers: bool | None = None) -> None:
 
 def check_light_settings(config) -> EVRSettings:
     """Every check that needs neither veRL nor a model: option values and EVR's group size."""
+    check_trainer(config)
     evr, _ = check_option_values(config)
     check_evr_group_size(config, evr)
     return evr
+
+
+def check_trainer(config) -> None:
+    """MedVR's rollout managers run on veRL's V1 trainer only: ``trainer.use_v1=false`` (veRL's
+    deprecated ``RayPPOTrainer``) with a ``medvr_verl`` manager is refused. ``medvr_cca`` alone in a
+    stock legacy recipe is left alone (its members meet in the group broker)."""
+    if config.trainer.get("use_v1", True):
+        return
+    agent = config.actor_rollout_ref.rollout.get("agent", None) or {}
+    manager = str(agent.get("agent_loop_manager_class", None) or "")
+    if manager.startswith("medvr_verl."):
+        raise MedVRSettingsError(
+            f"{manager} runs on veRL's V1 trainer only: remove trainer.use_v1=false (veRL's default is true). "
+            "The managers for the deprecated RayPPOTrainer were removed; to evaluate, run "
+            "trainer.val_only=true on V1 (README, 'Evaluate and look')"
+        )
 
 
 # ------------------------------------------------------------------------------------------------
@@ -154,7 +172,7 @@ def check_v1_modes(config, evr: EVRSettings, *, reward_workers: bool | None = No
     if mode in ASYNC_TRAINER_MODES and evr.enable:
         import verl  # noqa: F401  (registers the plugin: is_medvr_agent reads veRL's agent-loop registry)
 
-        from medvr_verl.rollout import is_medvr_agent
+        from medvr_verl.agent_loop import is_medvr_agent
 
         default_agent = (rollout.get("agent", None) or {}).get("default_agent_loop", None)
         if is_medvr_agent(default_agent):

@@ -77,7 +77,7 @@ def check_data(config, *, needs_images: bool | None = None) -> list[str]:
         return []
     data = config.data
     if needs_images is None:
-        from medvr_verl.rollout import is_medvr_agent
+        from medvr_verl.agent_loop import is_medvr_agent
 
         needs_images = is_medvr_agent(_agent_of(config))
     image_key = data.get("image_key", None) or "images"

@@ -161,7 +161,7 @@ def read_rollouts(out: Path) -> list[dict]:
                 rows.append(json.loads(line))
     groups: OrderedDict[tuple, list[dict]] = OrderedDict()
     for rec in rows:
-        # V1 trainer: uid = "{prompt uid}_{session}_{index}"; legacy trainer: group_uid (reward extras)
+        # V1 trainer: uid = "{prompt uid}_{session}_{index}"; else group_uid (reward extras)
         raw = str(rec.get("uid") or rec.get("group_uid") or rec.get("sample_index"))
         parts = raw.rsplit("_", 2)
         uid = parts[0] if len(parts) == 3 and parts[1].isdigit() else raw

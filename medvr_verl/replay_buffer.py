@@ -34,8 +34,22 @@ import numpy as np
 from verl.trainer.ppo.v1.replay_buffer import ReplayBuffer, ReplayBufferAsync
 
 from medvr_verl.agent_loop_tq import TAG_KEY
-from medvr_verl.rollout import merge_worker_stats
 from medvr_verl.rollout_health import RolloutServerDiedError, raise_if_fatal, raise_if_server_died
+
+
+def merge_worker_stats(per_worker: list[dict[str, list[float]]]) -> dict[str, float]:
+    """Workers' ``{name: [values]}`` into ``medvr/<name>/{mean,max,sum}`` over the whole step."""
+    merged: dict[str, list[float]] = {}
+    for stats in per_worker:
+        for name, values in stats.items():
+            merged.setdefault(name, []).extend(values)
+    out = {}
+    for name, values in merged.items():
+        if values:
+            out[f"medvr/{name}/mean"] = float(np.mean(values))
+            out[f"medvr/{name}/max"] = float(np.max(values))
+            out[f"medvr/{name}/sum"] = float(np.sum(values))
+    return out
 
 
 def rollout_metrics(tags: list[dict]) -> dict[str, float]:

@@ -24,7 +24,8 @@ On a stock veRL config (no ``reward_kwargs`` node) each option is added with a `
 
 The group reaches ``run_single`` in one of two ways:
 
-* **Whole group in one call** (this plugin's rollout managers, :mod:`medvr_verl.rollout`): the data
+* **Whole group in one call** (this plugin's V1 worker, :mod:`medvr_verl.agent_loop_tq`, through
+  :func:`medvr_verl.group_reward.group_reward_data`): the data
   holds every member of one group and ``meta_info["medvr_group"]`` is set. The result carries each
   member's reward under ``"medvr_group_rewards"``; the top-level reward is the last row's, as veRL's
   convention for multi-row data expects.
@@ -281,6 +282,10 @@ class MedVRCCARewardManager(RewardManagerBase):
             gt_unusable=float(problem is not None),
             group_uid=str(non_tensor.get("uid", "")),
             sample_index=int(index) if isinstance(index, int | np.integer) else -1,
+            # what the evaluation report reads from veRL's validation dump (trainer.validation_data_dir,
+            # one JSON line per sample with every reward_extra_info key): medvr_verl.eval.dump
+            data_source=str(data_source),
+            question_type=str(row_extra_info.get("question_type") or ""),
         )
         info[_GT_BOXES] = gt_boxes_of(extra_info)
         return MemberOutcome(base_score=base, acc=acc, boxes=boxes), info
@@ -306,6 +311,7 @@ class MedVRCCARewardManager(RewardManagerBase):
         reward = group.members[member]
         info = dict(info)
         gt = info.pop(_GT_BOXES, [])
+        info["gt_boxes_json"] = json.dumps(gt)  # as annotated (image 0 pixels), for the grounding report
         if info.get("boxes_from_text"):
             gt = []  # boxes in the model's image space, gt boxes in the original's: not comparable
         zooms = [(int(z[0]), tuple(z[1:])) for z in json.loads(info.get("zoom_boxes_json", "[]"))]

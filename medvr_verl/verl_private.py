@@ -34,7 +34,7 @@ PRIVATE_SYMBOLS: tuple[PrivateSymbol, ...] = (
     PrivateSymbol(
         "verl.experimental.agent_loop.agent_loop",
         "_agent_loop_registry",
-        "medvr_verl.rollout.is_medvr_agent, medvr_verl.__main__",
+        "medvr_verl.agent_loop.is_medvr_agent, medvr_verl.__main__",
         "which class an agent-loop name resolves to (EVR forks only medvr_agent); no public lookup",
     ),
     PrivateSymbol(
@@ -64,14 +64,14 @@ PRIVATE_SYMBOLS: tuple[PrivateSymbol, ...] = (
     PrivateSymbol(
         "verl.trainer.ppo.v1.agent_loop_tq",
         "AgentLoopWorkerTQ._run_agent_loop",
-        "medvr_verl.agent_loop_tq, medvr_verl.rollout",
-        "called (V1) / overridden (legacy) to run one session with the EVR kwargs",
+        "medvr_verl.agent_loop_tq",
+        "called to run one session with the EVR kwargs",
     ),
     PrivateSymbol(
         "verl.experimental.agent_loop.agent_loop",
         "AgentLoopWorker._compute_score",
-        "medvr_verl.agent_loop_tq, medvr_verl.rollout.GroupAgentLoopWorker",
-        "called / overridden: per-row scoring, or held for the group's one reward call",
+        "medvr_verl.agent_loop_tq",
+        "called: per-row scoring of a row whose group is not held for one reward call",
     ),
     PrivateSymbol(
         "verl.experimental.agent_loop.tool_agent_loop",
@@ -94,8 +94,8 @@ PRIVATE_SYMBOLS: tuple[PrivateSymbol, ...] = (
     PrivateSymbol(
         "verl.workers.rollout.replica",
         "RolloutReplica._server_handle",
-        "medvr_verl.eval.runner, medvr_verl.cpu.rollout",
-        "the replica's server actor, to stop it (eval) and to push weights (CPU rollout)",
+        "medvr_verl.cpu.rollout",
+        "the replica's server actor, to push weights (CPU rollout)",
     ),
     PrivateSymbol(
         "verl.utils.distributed",

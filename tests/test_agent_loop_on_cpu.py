@@ -1,4 +1,4 @@
-"""medvr_agent through veRL's real AgentLoopWorker, and the recipe's GroupAgentLoopManager.
+"""medvr_agent through veRL's real AgentLoopWorker (the recipe's V1 manager: test_agent_loop_tq_on_cpu.py).
 
 A tiny random-weight Qwen2.5-VL supplies the real tokenizer, processor and mrope positions; a
 scripted client behind veRL's LLMServerClient interface plays the vLLM server.
@@ -6,14 +6,12 @@ scripted client behind veRL's LLMServerClient interface plays the vLLM server.
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import verl  # noqa: F401  (loads the plugin)
-from cca_script import BOTTOM_RIGHT, MC, TOP_LEFT, VARIANTS, cca_config, chest_image, make_script, variant_of
+from cca_script import BOTTOM_RIGHT, MC, TOP_LEFT, cca_config, chest_image
 from cca_script import zoom_call as zoom
 
-from medvr_verl.rollout import GroupAgentLoopManager, split_groups
-from medvr_verl.testing.harness import make_agent_batch, make_sample, run_agent_loop_worker, run_manager
+from medvr_verl.testing.harness import make_agent_batch, make_sample, run_agent_loop_worker
 from medvr_verl.testing.scripted_server import ScriptedLLMClient
 
 pytestmark = pytest.mark.vl_stack
@@ -132,37 +130,3 @@ def test_budget_ends_before_an_image_that_would_not_fit(medvr_run, tokenizer):
     # counted, never silent; the other trajectories carry no flag
     assert _column(output, "medvr_budget_overflow", row) == 1
     assert all(_column(output, "medvr_budget_overflow", r) in (None, 0) for k, r in rows.items() if k != "budget")
-
-
-# ---- the recipe setting: GroupAgentLoopManager + medvr_agent + medvr_cca --------------------------
-
-
-def test_split_groups_never_cuts_a_group():
-    uids = np.array(["a", "a", "b", "b", "c", "c"], dtype=object)
-    assert split_groups(uids, 2) == [(0, 4), (4, 6)]  # veRL's equal chunks would cut group b
-    assert split_groups(uids, 4) == [(0, 2), (2, 4), (4, 6), (6, 6)]
-    assert split_groups(np.array(["a"] * 5, dtype=object), 3) == [(0, 5), (5, 5), (5, 5)]
-
-
-def test_group_manager_scores_whole_groups(ray_session, tiny_model_path, reward_workers, tokenizer, tmp_path):
-    viz = f"+actor_rollout_ref.rollout.custom={{viz: {{dir: {tmp_path}, interval: 5, max_groups: 2}}}}"
-    config = cca_config(tiny_model_path, viz, num_workers=2)
-    samples = [
-        make_sample(f"[script:p{i}] Which lung?", images=[chest_image()], extra_info=MC, ground_truth="A")
-        for i in range(3)
-    ]
-    batch = make_agent_batch(samples, n=len(VARIANTS), agent_name="medvr_agent", meta_info={"global_steps": 10})
-    client = ScriptedLLMClient(config, script=make_script())
-    output = run_manager(GroupAgentLoopManager, config, client, batch, reward_loop_worker_handles=reward_workers)
-
-    width = output.batch["responses"].shape[1]
-    masks = output.batch["attention_mask"][:, -width:].bool()
-    variants = [variant_of(tokenizer.decode(r[m])) for r, m in zip(output.batch["responses"], masks)]
-    assert output.batch["rm_scores"].sum(-1).tolist() == pytest.approx([VARIANTS[v][2] for v in variants])
-    assert list(output.non_tensor_batch["group_uid"]) == list(batch.non_tensor_batch["uid"])  # order kept
-    assert output.non_tensor_batch["cca_group_size"].tolist() == [4] * 12
-    timing = output.meta_info["timing"]
-    assert timing["medvr/acc/mean"] == pytest.approx(0.75)
-    assert timing["medvr/tool_reward/mean"] == pytest.approx(np.mean([v[3] for v in VARIANTS]))
-    # step 10 is a multiple of the interval: two groups drawn with their zooms and consensus
-    assert len(sorted(tmp_path.glob("step10_*.png"))) == 2

@@ -65,6 +65,8 @@ def _check(capsys, *overrides, config_path=PKG):
         ("actor_rollout_ref.rollout.custom.viz.interval=0", "viz.interval must be an integer >= 1"),
         # issue 20 item 3: EVR with nothing to fork
         ("actor_rollout_ref.rollout.n=1", "actor_rollout_ref.rollout.n=2 or more"),
+        # issue 19 item 5: one rollout path, veRL's V1 trainer
+        ("trainer.use_v1=false", "runs on veRL's V1 trainer only: remove trainer.use_v1=false"),
     ],
 )
 def test_bad_settings_are_refused_with_the_setting_to_change(capsys, override, message):

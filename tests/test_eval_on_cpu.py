@@ -1,24 +1,17 @@
-"""medvr_verl.eval: the table math and grounding figures by hand, and evaluate() end to end on CPU.
+"""medvr_verl.eval: the table math and grounding figures by hand, and the report of a veRL validation dump.
 
-End to end: tiny SLAKE (with organ detection boxes) and PMC-VQA releases in their real layouts are
-converted with ``medvr_verl.data``, then ``evaluate`` runs them through veRL's RLHFDataset, the
-agent-loop workers (``medvr_agent`` + zoom tool, tiny random-weight Qwen2.5-VL for tokenizer and
-processor) and ``medvr_cca`` in the reward-loop workers, with a scripted client playing the model:
-it zooms into known boxes and answers right for some questions and wrong for others. Every figure
-of the report is checked against values worked out by hand below.
+The dump is written by veRL's own writer (the V1 trainer's ``_write_generations``) from reward extra
+info laid out as ``medvr_cca`` returns it; the end-to-end run (``main_ppo`` with ``trainer.val_only=true``
+on the CPU backend, then ``python -m medvr_verl.eval report``) is ``tests/test_eval_val_only_on_cpu.py``.
 """
 
 from __future__ import annotations
 
-import csv
 import json
-import re
 from pathlib import Path
 
 import numpy as np
 import pytest
-from cca_script import zoom_call
-from PIL import Image
 
 from medvr_verl.eval.metrics import (
     PAPER_ROWS,
@@ -195,372 +188,93 @@ def test_cli_help_and_argument_errors(tmp_path, capsys):
     text = build_parser().format_help()
     for needle in ("General avg", "Modality avg", "our reading of the paper", "verl.model_merger merge"):
         assert needle in text
-    (tmp_path / "a.parquet").write_bytes(b"")
-    for argv, message in [
-        (["--data", "gsm8k=" + str(tmp_path / "a.parquet")], "unknown dataset"),
-        (["--data", "slake"], "BENCHMARK=PARQUET"),
-        (["--data", "slake=" + str(tmp_path / "missing.parquet")], "no such file"),
-        (["--data", f"slake={tmp_path / 'a.parquet'}", "--data", f"SLAKE={tmp_path / 'a.parquet'}"], "twice"),
-        (["--data", f"slake={tmp_path / 'a.parquet'}", "--batch-size", "0"], "--batch-size"),
-    ]:
-        with pytest.raises(SystemExit) as exc:
-            main(["--model", "m", "--out", str(tmp_path), *argv])
-        assert exc.value.code == 2 and message in capsys.readouterr().err
-
-
-def test_fsdp_checkpoint_is_refused_with_the_merge_command(tmp_path):
-    from medvr_verl.eval.runner import EvalSetupError, check_hf_checkpoint
-
-    actor = tmp_path / "global_step_64" / "actor"
-    actor.mkdir(parents=True)
-    (actor / "model_world_size_8_rank_0.pt").write_bytes(b"")
-    for path in (actor, actor.parent):
-        with pytest.raises(EvalSetupError, match="python -m verl.model_merger merge --backend fsdp"):
-            check_hf_checkpoint(path)
-    check_hf_checkpoint("Qwen/Qwen2.5-VL-7B-Instruct")  # not a local folder: a hub id, left alone
-
-
-def test_without_client_a_gpu_is_required(ray_session, tiny_model_path, tmp_path, capsys):
-    """No GPU in this Ray session: the CLI (-> evaluate with client=None) stops before reading data."""
-    from medvr_verl.eval.cli import main
-
-    (tmp_path / "slake.parquet").write_bytes(b"not read")
-    code = main(
-        ["--model", str(tiny_model_path), "--data", f"slake={tmp_path / 'slake.parquet'}", "--out", str(tmp_path)]
-    )
-    assert code == 2 and "needs a GPU" in capsys.readouterr().err
-    assert not (tmp_path / "results.md").exists()
+    assert "trainer.val_only=true" in text and "report --dump" in text  # the V1 command sequence
+    with pytest.raises(SystemExit) as exc:
+        main(["--model", "m"])  # the removed offline runner's arguments: refused, with the usage
+    assert exc.value.code == 2 and "usage: python -m medvr_verl.eval" in capsys.readouterr().err
+    assert main(["report", "--dump", str(tmp_path / "missing"), "--out", str(tmp_path)]) == 2
+    assert "no such file or folder" in capsys.readouterr().err
+    (tmp_path / "0.jsonl").write_text('{"input": "q", "output": "a", "score": 1.0, "acc": 1.0}\n')
+    assert main(["report", "--dump", str(tmp_path), "--out", str(tmp_path / "r")]) == 2
+    assert "reward.reward_manager.name=medvr_cca" in capsys.readouterr().err  # a dump of another reward
+    assert not (tmp_path / "r").exists()
 
 
 # --------------------------------------------------------------------------------------------------
-# End to end on CPU: fixtures in the releases' layouts
+# veRL's validation dump -> records -> report (the dump written by veRL's own writer)
 # --------------------------------------------------------------------------------------------------
 
 
-def _image(path: Path, size, seed: int, fmt: str | None = None) -> None:
-    """A small random image; its size is a multiple of 28 (>= 56x56), so Qwen2.5-VL sees it unresized
-    and model-space zoom boxes are original pixels."""
-    rng = np.random.default_rng(seed)
-    w, h = size
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(path, format=fmt)
+def _write_verl_dump(path: Path, step: int) -> None:
+    """Two SLAKE questions x 2 samples and one question of another source, as medvr_cca's
+    reward_extra_info reaches veRL's ``PPOTrainer._write_generations`` (the V1 trainer's dump)."""
+    from verl.trainer.ppo.v1.trainer_base import PPOTrainer
 
-
-def _write_json(path: Path, data) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(data), encoding="utf-8")
-
-
-# SLAKE xmlab0: 112x84, organ boxes [x, y, w, h] -> Liver [10, 10, 50, 40], Spleen [60, 40, 90, 70]
-LIVER, SPLEEN = (10, 10, 50, 40), (60, 40, 90, 70)
-GT_AREA = 40 * 30 + 30 * 30  # 2100, disjoint boxes
-TOP_LEFT, BOTTOM_RIGHT, CORNER = [0, 0, 56, 42], [56, 42, 112, 84], [90, 0, 112, 10]
-
-# question -> (zoom box or None, answer, well formatted); SLAKE answers: Yes, Liver, Liver, Right, No
-SLAKE_PLAN = {
-    "Does the picture contain liver?": (TOP_LEFT, "yes", True),  # right
-    "Which organ is the largest?": (BOTTOM_RIGHT, "spleen", True),  # wrong
-    "Which is bigger, liver or spleen?": (None, "liver", True),  # right, no zoom
-    "Where is the spleen?": (CORNER, "left", False),  # wrong, zoom misses every organ, bad format
-    "Is the brain healthy?": ([0, 0, 56, 56], "no", True),  # right, image without boxes
-}
-PMC_PLAN = {
-    "What imaging modality was used?": ([0, 0, 28, 28], "A", True),  # right
-    "Which organ is enlarged?": (None, "C", True),  # wrong (B)
-    "What stain is used?": (None, "A", True),  # right
-}
-
-
-def _slake(root: Path) -> None:
-    _image(root / "imgs" / "xmlab0" / "source.jpg", (112, 84), seed=3, fmt="JPEG")
-    Image.fromarray(np.zeros((84, 112), np.uint8)).save(root / "imgs" / "xmlab0" / "mask.png")
-    _write_json(
-        root / "imgs" / "xmlab0" / "detection.json", [{"Liver": [10, 10, 40, 30]}, {"Spleen": [60, 40, 30, 30]}]
+    gt = [[0.0, 0.0, 10.0, 20.0]]  # |G| = 200
+    zooms = [[[0, 0, 0, 10, 10]], [[0, 0, 0, 20, 10]], [], [[0, 50, 50, 60, 60]], [[0, 0, 0, 5, 5]]]
+    consensus = [[[0, 0, 0, 10, 10]]] * 2 + [[]] * 2 + [[]]
+    extra = {
+        "reward": [2.0, 2.0, 0.0, -0.5, 1.0],
+        "acc": [1.0, 1.0, 0.0, 0.0, 1.0],
+        "format": [1.0, 1.0, 1.0, 0.0, 1.0],
+        "pred": ["yes", "yes", "no", "", "A"],
+        "num_zoom": [len(z) for z in zooms],
+        "num_zoom_invalid": [0, 0, 1, 0, 0],
+        "zoom_boxes_json": [json.dumps(z) for z in zooms],
+        "cca_consensus_json": [json.dumps(c) for c in consensus],
+        "gt_boxes_json": [json.dumps(gt)] * 4 + ["[]"],
+        "cca_iou": [float("nan")] * 5,  # NaN as medvr_cca leaves it where undefined
+        "group_uid": ["u1", "u1", "u2", "u2", "u3"],
+        "sample_index": [10, 10, 11, 11, 0],
+        "boxes_from_text": [False] * 5,
+        "data_source": ["slake"] * 4 + ["my_set"],
+        "question_type": ["closed", "closed", "open", "open", "multiple_choice"],
+        "uid": ["u1_0_0", "u1_1_0", "u2_0_0", "u2_1_0", "u3_0_0"],  # veRL's TransferQueue keys
+    }
+    PPOTrainer._write_generations(
+        inputs=["q"] * 5,
+        outputs=[f"response {i}" for i in range(5)],
+        gts=["yes", "yes", "no", "no", "A"],
+        scores=extra["reward"],
+        reward_extra_infos_dict=extra,
+        dump_path=str(path),
+        global_steps=step,
     )
-    _image(root / "imgs" / "xmlab1" / "source.jpg", (56, 56), seed=4, fmt="JPEG")
-    base = {"img_id": 0, "img_name": "xmlab0/source.jpg", "location": "Abdomen", "modality": "CT"}
-    base |= {"content_type": "Organ", "base_type": "vqa", "q_lang": "en"}
-    rows = [
-        (100, "Does the picture contain liver?", "Yes", "CLOSED", {}),
-        (101, "Which organ is the largest?", "Liver", "OPEN", {}),
-        (102, "图中包含肝脏吗?", "是", "CLOSED", {"q_lang": "zh"}),  # skipped: not English
-        (103, "Which is bigger, liver or spleen?", "Liver", "CLOSED", {}),
-        (107, "Where is the spleen?", "Right", "OPEN", {}),
-        (106, "Is the brain healthy?", "No", "CLOSED", {"img_id": 1, "img_name": "xmlab1/source.jpg"}),
-    ]
-    test = [
-        {**base, "qid": q, "question": text, "answer": a, "answer_type": t, **extra} for q, text, a, t, extra in rows
-    ]
-    _write_json(root / "test.json", test)
 
 
-def _pmc_vqa(root: Path) -> None:
-    for i in range(3):
-        _image(root / "images" / f"PMC{i}_fig.png", (56, 56), seed=10 + i)
-    header = ["index", "Figure_path", "Caption", "Question", "Choice A", "Choice B", "Choice C", "Choice D"]
-    questions = [
-        ("What imaging modality was used?", ["CT scan", "MRI", "PET", "X-ray"], "A"),
-        ("Which organ is enlarged?", ["Liver", "Spleen", "Kidney", "Heart"], "B"),
-        ("What stain is used?", ["H&E", "PAS", "Gram", "Giemsa"], "A"),
-    ]
-    rows = []
-    for i, (question, choices, label) in enumerate(questions):
-        options = [f"{letter}:{text}" for letter, text in zip("ABCD", choices)]
-        rows.append([i, f"PMC{i}_fig.png", "c", question, *options, choices["ABCD".index(label)], label])
-    with open(root / "test.csv", "w", newline="", encoding="utf-8") as fh:
-        writer = csv.writer(fh)
-        writer.writerow([*header, "Answer", "Answer_label"])
-        writer.writerows(rows)
+def test_report_of_a_verl_dump_by_hand(tmp_path):
+    from medvr_verl.eval.dump import DumpError, find_dump, read_dump, record_of_line, report_from_dump
 
+    _write_verl_dump(tmp_path / "dump", 0)
+    _write_verl_dump(tmp_path / "dump", 8)
+    assert find_dump(tmp_path / "dump").name == "8.jsonl"  # the last validation of the run
+    assert find_dump(tmp_path / "dump", 0).name == "0.jsonl"
+    with pytest.raises(DumpError, match=r"no step 4; steps there: \[0, 8\]"):
+        find_dump(tmp_path / "dump", 4)
 
-class PlanScript:
-    """A ScriptedLLMClient script: finds the question in the context and plays its plan.
+    records = read_dump(find_dump(tmp_path / "dump"))
+    assert [r["uid"] for r in records] == ["u1", "u1", "u2", "u2", "u3"]
+    assert [r["sample"] for r in records] == [0, 1, 0, 1, 0] and [r["index"] for r in records] == [10, 10, 11, 11, 0]
+    assert [r["benchmark"] for r in records] == ["slake"] * 4 + ["my_set"]
+    assert records[0]["gt"] == "yes" and records[0]["response"] == "response 0" and records[2]["num_zoom_invalid"] == 1
+    assert records[0]["cca_iou"] is None  # NaN: undefined
+    line = {**json.loads((tmp_path / "dump" / "8.jsonl").read_text().splitlines()[0]), "boxes_from_text": True}
+    assert record_of_line(line)["gt_boxes"] == []  # text boxes (model image space) are not graded
 
-    ``plan[question]`` is one ``(box, answer, formatted)`` or a list of them, one per sample of the
-    question (taken in call order). Turn 0 zooms into ``box`` (or answers at once when None); the
-    next turn answers. The variant number rides in the thought, so later turns find it again.
-    """
-
-    def __init__(self, plan):
-        self.plan = {q: v if isinstance(v, list) else [v] for q, v in plan.items()}
-        self.calls: dict[str, int] = {}
-
-    def __call__(self, ctx) -> str:
-        question = next(q for q in self.plan if q in ctx.text)
-        variants = self.plan[question]
-        if ctx.turn == 0:
-            k = self.calls.get(question, 0) % len(variants)
-            self.calls[question] = self.calls.get(question, 0) + 1
-            box, answer, formatted = variants[k]
-            if box is not None:
-                return f"<think>variant {k}: a closer look</think>" + zoom_call(box)
-        else:
-            k = int(re.findall(r"variant (\d+)", ctx.text)[-1])
-            _, answer, formatted = variants[k]
-        if not formatted:
-            return f"<answer>{answer}</answer>"
-        return f"<think>variant {k}: seen it</think><answer>{answer}</answer>"
-
-
-TEST_OVERRIDES = [
-    "data.max_prompt_length=2048",  # the tool schema alone is ~650 tokens of the tiny BPE
-    "data.max_response_length=512",
-    "actor_rollout_ref.rollout.agent.num_workers=1",
-    "actor_rollout_ref.rollout.multi_turn.max_assistant_turns=3",
-]
-
-
-@pytest.fixture(scope="module")
-def parquets(tmp_path_factory):
-    from medvr_verl.data import convert
-
-    root = tmp_path_factory.mktemp("eval_data")
-    _slake(root / "Slake1.0")
-    _pmc_vqa(root / "PMC-VQA")
-    files = {"slake": root / "slake_test.parquet", "PMC-VQA": root / "pmc_test.parquet"}
-    assert convert("slake", root / "Slake1.0", files["slake"], split="test", progress=False, verbose=False).written == 5
-    assert (
-        convert("pmc_vqa", root / "PMC-VQA", files["PMC-VQA"], split="test", progress=False, verbose=False).written == 3
-    )
-    return files
-
-
-def _evaluate(parquets, tiny_model_path, reward_workers, out_dir, plan, **kwargs):
-    import datasets
-
-    from medvr_verl.eval import evaluate
-    from medvr_verl.testing.scripted_server import ScriptedLLMClient
-
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(datasets.config, "HF_DATASETS_CACHE", str(out_dir.parent / "hf_cache"))
-        return evaluate(
-            tiny_model_path,
-            kwargs.pop("files", parquets),
-            client=lambda config: ScriptedLLMClient(config, script=PlanScript(plan)),
-            out_dir=out_dir,
-            overrides=[*TEST_OVERRIDES, f"+data.cache_dir={out_dir.parent / 'verl_cache'}"],
-            reward_workers=reward_workers,
-            progress=False,
-            verbose=False,
-            **kwargs,
-        )
-
-
-@pytest.fixture(scope="module")
-def greedy_run(parquets, tiny_model_path, ray_session, reward_workers, tmp_path_factory):
-    out = tmp_path_factory.mktemp("eval_run") / "results"
-    return _evaluate(parquets, tiny_model_path, reward_workers, out, {**SLAKE_PLAN, **PMC_PLAN}, batch_size=2)
-
-
-@pytest.mark.vl_stack
-def test_end_to_end_table(greedy_run):
-    res = greedy_run
-    slake, pmc = res.results["benchmarks"]["slake"], res.results["benchmarks"]["pmc_vqa"]
-    assert (slake["n"], slake["n_prompts"], pmc["n"]) == (5, 5, 3)
-    assert slake["acc"] == pytest.approx(3 / 5) and pmc["acc"] == pytest.approx(2 / 3)
-    assert slake["by_question_type"]["closed"] == {"n": 3, "acc": 1.0}
-    assert slake["by_question_type"]["open"] == {"n": 2, "acc": 0.0}
-    assert slake["zoom_rate"] == pytest.approx(4 / 5) and pmc["zoom_rate"] == pytest.approx(1 / 3)
-    assert slake["format_rate"] == pytest.approx(4 / 5) and pmc["format_rate"] == 1.0
-    assert res.accuracy("SLAKE") == pytest.approx(60.0) and res.accuracy("pmc") == pytest.approx(200 / 3)
-    assert res.accuracy("vqa_rad") is None
-    row = res.table_row
-    assert row["General avg"] == pytest.approx(200 / 3) and row["Modality avg"] == pytest.approx(60.0)
-    assert "(this run) | - | 66.7 | - | - | 60.0 | - | 66.7 | 60.0 |" in res.markdown
-    assert "| SLAKE | 5 | 5 | 60.0 | 100.0 (3) | 0.0 (2) | 80.0 | 0.80 | 80.0 | 0 |" in res.markdown
-    assert "| PMC-VQA | 3 | 3 | 66.7 | - | - | 33.3 | 0.33 | 100.0 | 0 |" in res.markdown
-
-
-@pytest.mark.vl_stack
-def test_end_to_end_grounding(greedy_run):
-    g = greedy_run.results["grounding"]
-    assert list(g) == ["slake"]  # PMC-VQA has no boxes
-    g = g["slake"]
-    # samples with boxes: the 4 questions on xmlab0; zoomed: "contain liver", "largest", "where spleen"
-    assert (g["n_with_gt"], g["n_zoomed"]) == (4, 3)
-    cover_tl = 1200 / GT_AREA  # TOP_LEFT holds all of the liver box (40x30), none of the spleen
-    cover_br = 30 * 28 / GT_AREA  # BOTTOM_RIGHT meets the spleen box on x 60-90, y 42-70
-    iou_tl = 1200 / (56 * 42 + GT_AREA - 1200)
-    iou_br = 840 / (56 * 42 + GT_AREA - 840)
-    assert g["zoom"]["coverage"] == pytest.approx((cover_tl + cover_br + 0.0) / 3)
-    assert g["zoom"]["iou"] == pytest.approx((iou_tl + iou_br + 0.0) / 3)
-    assert g["zoom"]["hit_rate"] == pytest.approx(2 / 3)  # CORNER misses
-    # greedy, one sample: the consensus is the zoom of a correct answer -> only "contain liver"
-    assert (g["n_groups"], g["n_with_consensus"]) == (4, 1)
-    assert g["consensus"] == {"coverage": pytest.approx(cover_tl), "iou": pytest.approx(iou_tl), "hit_rate": 1.0}
-    assert "| SLAKE | 4 | 3 (75.0%) | 32.4 | 20.1 | 66.7 | 1 / 4 | 57.1 | 36.9 | 100.0 |" in greedy_run.markdown
-
-
-@pytest.mark.vl_stack
-def test_end_to_end_files(greedy_run):
-    paths = greedy_run.paths
-    assert sorted(paths) == ["results.json", "results.md", "samples.jsonl"]
-    out = paths["results.md"].parent
-    assert sorted(p.name for p in out.iterdir()) == ["results.json", "results.md", "samples.jsonl"]
-    assert paths["results.md"].read_text() == greedy_run.markdown
-    saved = json.loads(paths["results.json"].read_text())
-    assert saved["table"]["row"]["SLAKE"] == pytest.approx(60.0)
-    assert saved["settings"]["samples_per_prompt"] == 1 and saved["settings"]["temperature"] == 0.0
-    lines = [json.loads(line) for line in paths["samples.jsonl"].read_text().splitlines()]
-    assert len(lines) == 8 and [r["benchmark"] for r in lines] == ["pmc_vqa"] * 3 + ["slake"] * 5  # paper order
-    by_q = {r["question"]: r for r in lines}
-    liver = by_q["Does the picture contain liver?"]
-    assert (liver["gt"], liver["pred"], liver["acc"], liver["index"]) == ("Yes", "yes", 1.0, 0)
-    assert liver["zoom_boxes"] == [[0, 0.0, 0.0, 56.0, 42.0]] and liver["consensus"] == liver["zoom_boxes"]
-    assert liver["gt_boxes"] == [list(map(float, LIVER)), list(map(float, SPLEEN))]
-    assert liver["gt_box_labels"] == ["Liver", "Spleen"] and liver["num_turns"] >= 3
-    # acc + tool; format penalty 0
-    assert "<answer>yes</answer>" in liver["response"] and liver["score"] == pytest.approx(2.0)
-    spleen = by_q["Where is the spleen?"]
-    assert (spleen["pred"], spleen["acc"], spleen["format"], spleen["consensus"]) == ("left", 0.0, 0.0, [])
-    enlarged = by_q["Which organ is enlarged?"]
-    assert (enlarged["gt"], enlarged["pred"], enlarged["acc"], enlarged["zoom_boxes"]) == ("B", "C", 0.0, [])
-    assert [r["uid"] for r in lines[3:5]] == ["slake/0", "slake/1"]
-
-
-# --------------------------------------------------------------------------------------------------
-# Several samples per question: config and the batch plumbing (a stand-in rollout manager)
-# --------------------------------------------------------------------------------------------------
-
-
-def test_eval_config(tiny_model_path):
-    from medvr_verl.eval.runner import build_eval_config
-
-    greedy = build_eval_config(tiny_model_path, {"slake": "/data/slake.parquet"})
-    rollout = greedy.actor_rollout_ref.rollout
-    assert (rollout.name, rollout.load_format, rollout.calculate_log_probs) == ("vllm", "auto", False)
-    assert rollout.agent.agent_loop_manager_class == "medvr_verl.rollout.GroupAgentLoopManager"
-    assert not rollout.custom.evr.enable and rollout.multi_turn.enable
-    assert (rollout.val_kwargs.n, rollout.val_kwargs.temperature, rollout.val_kwargs.do_sample) == (1, 0, False)
-    assert greedy.reward.reward_manager.name == "medvr_cca" and greedy.data.val_files == ["/data/slake.parquet"]
-    assert greedy.actor_rollout_ref.model.path == str(tiny_model_path)
-    sampled = build_eval_config(
-        tiny_model_path, samples_per_prompt=3, overrides=["actor_rollout_ref.rollout.temperature=0.7"]
-    )
-    val = sampled.actor_rollout_ref.rollout.val_kwargs
-    assert (val.n, val.temperature, val.do_sample) == (3, 0.7, True)
-    with pytest.raises(ValueError, match="identical samples"):
-        build_eval_config(
-            tiny_model_path, samples_per_prompt=2, overrides=["actor_rollout_ref.rollout.val_kwargs.temperature=0"]
-        )
-
-
-class _Tokenizer:
-    eos_token_id, pad_token_id = 2, 0
-
-    def decode(self, ids, skip_special_tokens=True):
-        return " ".join(str(int(i)) for i in ids)
-
-
-class _StandInManager:
-    """Answers each sample like GroupAgentLoopManager + medvr_cca would: the reward extra info per row."""
-
-    def __init__(self, reverse=False):
-        self.reverse = reverse
-        self.seen = None
-
-    def generate_sequences(self, batch):
-        import torch
-        from verl.protocol import DataProto
-
-        self.seen = batch
-        n = len(batch)
-        uids = list(batch.non_tensor_batch["uid"])[:: -1 if self.reverse else 1]
-        zooms = [[[0, 0, 0, 10, 10]], [[0, 0, 0, 20, 10]], [], [[0, 50, 50, 60, 60]]]
-        consensus = [[[0, 0, 0, 10, 10]]] * 2 + [[]] * 2  # group 0: both right and zoomed; group 1: none right
-        mask = torch.ones(n, 3 + 4, dtype=torch.int64)
-        mask[:, -1] = 0
-        return DataProto.from_dict(
-            tensors={
-                "responses": torch.arange(n * 4).reshape(n, 4),
-                "attention_mask": mask,
-                "rm_scores": torch.ones(n, 4),
-            },
-            non_tensors={
-                "group_uid": np.array(uids, dtype=object),
-                "acc": np.array([1.0, 1.0, 0.0, 0.0]),
-                "format": np.array([1.0, 1.0, 1.0, 0.0]),
-                "pred": np.array(["yes", "yes", "no", ""], dtype=object),
-                "num_zoom": np.array([len(z) for z in zooms]),
-                "num_zoom_invalid": np.array([0, 0, 1, 0]),
-                "zoom_boxes_json": np.array([json.dumps(z) for z in zooms], dtype=object),
-                "cca_consensus_json": np.array([json.dumps(c) for c in consensus], dtype=object),
-                "__num_turns__": np.array([4, 4, 2, 4], dtype=np.int32),
-            },
-        )
-
-
-def test_several_samples_per_question_are_grouped_by_uid():
-    import torch
-    from verl.utils.dataset.rl_dataset import collate_fn
-
-    from medvr_verl.eval.runner import _run_batch
-
-    rows = [
-        {
-            "data_source": "slake",
-            "reward_model": {"style": "rule", "ground_truth": gt},
-            "extra_info": {
-                "index": 10 + i,
-                "question_type": "closed",
-                "question": f"q{i}",
-                "gt_boxes": [[0, 0, 10, 20]],
-            },
-            "dummy_tensor": torch.tensor([0], dtype=torch.uint8),
-        }
-        for i, gt in enumerate(["yes", "no"])
-    ]
-    manager = _StandInManager()
-    records = _run_batch(manager, collate_fn(rows), "slake", 4, 2, _Tokenizer(), save_responses=True)
-    assert manager.seen.meta_info["validate"] and manager.seen.meta_info["do_sample"]
-    assert [r["uid"] for r in records] == ["slake/4", "slake/4", "slake/5", "slake/5"]  # interleaved repeat
-    assert [r["sample"] for r in records] == [0, 1, 0, 1] and [r["index"] for r in records] == [10, 10, 11, 11]
-    assert [r["gt"] for r in records] == ["yes", "yes", "no", "no"]
-    assert records[0]["response"] == "0 1 2" and records[2]["num_zoom_invalid"] == 1
-    g = summarize(records)["grounding"]["slake"]  # gt union: 10 x 20 = 200
+    result = report_from_dump(tmp_path / "dump", tmp_path / "out", model="step8")
+    g = result.results["grounding"]["slake"]  # gt union: 10 x 20 = 200
     assert (g["n_with_gt"], g["n_zoomed"], g["n_groups"], g["n_with_consensus"]) == (4, 3, 2, 1)
     assert g["zoom"]["coverage"] == pytest.approx((100 / 200 + 100 / 200 + 0.0) / 3)
     assert g["zoom"]["iou"] == pytest.approx((100 / 200 + 100 / 300 + 0.0) / 3)
     assert g["consensus"] == {"coverage": 0.5, "iou": 0.5, "hit_rate": 1.0}
-    with pytest.raises(RuntimeError, match="out of order"):
-        _run_batch(_StandInManager(reverse=True), collate_fn(rows), "slake", 0, 2, _Tokenizer(), save_responses=False)
+    assert result.accuracy("slake") == pytest.approx(50.0) and result.table_row["Modality avg"] == pytest.approx(50.0)
+    assert result.results["benchmarks"]["my_set"]["acc"] == 1.0  # reported, outside the table
+    assert "my_set" not in result.results["table"]["row"]
+    assert result.results["settings"]["samples_per_prompt"] == 2
+    md = result.markdown
+    assert "| **step8** (this run) | - | - | - | - | 50.0 | - | - | 50.0 |" in md
+    assert "| SLAKE | 2 | 4 | 50.0 | 100.0 (2) | 0.0 (2) | 75.0 | 0.75 | 75.0 | - |" in md  # skipped: not known
+    assert "| my_set | 1 | 1 | 100.0 |" in md
+    assert "the run's rollout.val_kwargs" in md and "8.jsonl" in md
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["results.json", "results.md", "samples.jsonl"]
+    assert len((tmp_path / "out" / "samples.jsonl").read_text().splitlines()) == 5

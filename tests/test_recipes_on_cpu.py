@@ -16,7 +16,7 @@ from verl.utils.config import omega_conf_to_dataclass, validate_config
 from verl.utils.import_utils import load_class_from_fqn, load_extern_type
 
 from medvr_verl.reward_manager import CCARewardSettings
-from medvr_verl.rollout import EVRSettings
+from medvr_verl.settings import EVRSettings
 
 # "medvr" and each option of its ablation config group (ablation=<name>)
 MEDVR = [
@@ -350,12 +350,52 @@ def test_one_epoch_would_have_stopped_after_one_pass(tiny_model_path, monkeypatc
     assert steps == list(range(1, 15))
 
 
-def test_evaluation_composes_an_ablation_by_name(tmp_path):
-    from medvr_verl.eval.runner import build_eval_config
+def _readme_eval_commands():
+    """The argument lists of the README's "Evaluate, one GPU" block, by program."""
+    import shlex
+    from pathlib import Path
 
-    config = build_eval_config(tmp_path, {"vqa_rad": str(tmp_path / "t.parquet")}, recipe="text_rl")
-    assert config.actor_rollout_ref.rollout.agent.default_agent_loop == "single_turn_agent"
-    assert config.reward.reward_kwargs.tool_reward == "none" and config.trainer.experiment_name == "medvr_text_rl"
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    block = readme.split("Evaluate, one GPU:", 1)[1].split("```bash", 1)[1].split("```", 1)[0]
+    commands = [shlex.split(line) for line in block.replace("\\\n", " ").strip().splitlines()]
+    return {c[2]: c[3:] for c in commands}
+
+
+@pytest.mark.parametrize("ablation", [None, "text_rl"])
+def test_readme_eval_sequence_composes(ablation, tiny_model_path):
+    """Issue 19 item 5: evaluation is veRL's val_only on the V1 trainer with medvr_vllm (GPU), then the
+    report of its dump; the README's commands compose and pass the driver's checks (the CPU run of the
+    same sequence: tests/test_eval_val_only_on_cpu.py)."""
+    from medvr_verl.config_check import check_gpus, check_settings
+    from medvr_verl.eval.cli import build_parser
+
+    commands = _readme_eval_commands()
+    assert set(commands) == {"verl.model_merger", "verl.trainer.main_ppo", "medvr_verl.eval"}
+    run = commands["verl.trainer.main_ppo"]
+    assert run[:2] == ["--config-path=pkg://medvr_verl.recipes.medvr", "--config-name=medvr"]
+    if GlobalHydra.instance().is_initialized():
+        GlobalHydra.instance().clear()
+    extra = [f"ablation={ablation}"] if ablation else []
+    with initialize_config_module(config_module="medvr_verl.recipes.medvr", version_base=None):
+        config = compose(
+            config_name="medvr", overrides=[*run[2:], *extra, f"actor_rollout_ref.model.path={tiny_model_path}"]
+        )
+    assert not need_reference_policy(config)  # use_kl_loss=false: no reference model for an evaluation
+    validate_config(config, use_reference_policy=False, use_critic=need_critic(config))
+    check_settings(config)
+    check_gpus(config, visible=1)
+    trainer, rollout = config.trainer, config.actor_rollout_ref.rollout
+    assert trainer.use_v1 and trainer.val_only and trainer.val_before_train and trainer.resume_mode == "disable"
+    assert rollout.name == ("vllm" if ablation == "text_rl" else "medvr_vllm")  # the text baseline needs no entropy
+    manager = None if ablation == "text_rl" else "medvr_verl.agent_loop_tq.MedVRAgentLoopManagerTQ"  # None: veRL's
+    assert rollout.agent.agent_loop_manager_class == manager
+    assert (rollout.val_kwargs.n, rollout.val_kwargs.temperature, rollout.val_kwargs.do_sample) == (1, 0, False)
+    assert list(config.data.val_files) == ["data/vqa_rad_test.parquet", "data/slake_test.parquet"]
+    assert config.reward.reward_manager.name == "medvr_cca"
+    if ablation == "text_rl":
+        assert rollout.agent.default_agent_loop == "single_turn_agent"
+    args = build_parser().parse_args(commands["medvr_verl.eval"])
+    assert (args.command, args.dump) == ("report", trainer.validation_data_dir)
 
 
 # ---- issue 19 item 3: GPU sizes as a hardware= config group; the README's one-GPU commands --------

@@ -2,8 +2,8 @@
 
 Two settings, as a user meets them:
 
-(a) this plugin's recipe: ``GroupAgentLoopManager`` keeps every group on one worker and asks the
-    reward loop once per group (see also tests/test_agent_loop_on_cpu.py for the medvr_agent side);
+(a) this plugin's recipe: the V1 worker asks the reward loop once per group
+    (``medvr_verl.group_reward.group_reward_data``; tests/test_agent_loop_tq_on_cpu.py runs it);
 (b) dropped into a stock veRL tool-agent setup: stock ``AgentLoopWorker`` + stock ``tool_agent``,
     rewards computed per trajectory while rolling out, only ``reward.reward_manager.name=medvr_cca``
     set. Members meet in the group broker.

@@ -107,3 +107,20 @@ def test_the_runs_differ_only_in_the_backend(configs):
     assert differing and all(key.startswith(allowed_prefixes) for key in differing), sorted(
         key for key in differing if not key.startswith(allowed_prefixes)
     )
+
+
+@pytest.mark.parametrize("backend", tiny_run.BACKENDS)
+def test_val_only_run_composes_on_every_backend(backend, tiny_model_path, tmp_path):
+    """The evaluation run (tests/test_eval_val_only_on_cpu.py on CPU) on each backend, medvr_vllm on the
+    GPU: veRL's val_only over the val files, the dump dir set, no reference model; otherwise the same run."""
+    files = [tmp_path / "a.parquet", tmp_path / "b.parquet"]
+    config = _compose(tiny_run.val_only_command(tiny_model_path, files, tmp_path, backend=backend)[5:])
+    train = _compose(tiny_run.command(tiny_model_path, files[0], tmp_path, backend=backend)[5:])
+    assert config.trainer.val_only and config.trainer.val_before_train
+    assert config.trainer.validation_data_dir == str(tmp_path / "validation")
+    assert list(config.data.val_files) == [str(f) for f in files] and list(config.data.train_files) == [str(files[0])]
+    assert not need_reference_policy(config)
+    assert config.actor_rollout_ref.rollout.name == train.actor_rollout_ref.rollout.name
+    assert config.actor_rollout_ref.rollout.name == {"cpu": "medvr_cpu"}.get(backend, "medvr_vllm")
+    val = config.actor_rollout_ref.rollout.val_kwargs
+    assert val.n == 1 and not val.do_sample  # the recipe's greedy validation

@@ -10,6 +10,9 @@ CPU run checks the GPU run's config: the two differ only in :func:`backend_overr
   reads (:class:`medvr_verl.cpu.script.ZoomThenAnswer`).
 * :func:`command`: ``python -m verl.trainer.main_ppo --config-path=pkg://medvr_verl.recipes.medvr
   --config-name=medvr`` scaled to the tiny model, plus the backend.
+* :func:`val_only_command`: the same run as an evaluation (``trainer.val_only=true``, the samples
+  dumped to ``out/validation`` for ``python -m medvr_verl.eval report``;
+  ``tests/test_eval_val_only_on_cpu.py``).
 * :func:`environment`: the process environment (``VERL_PLATFORM=cpu`` on CPU, the metrics file).
 * :func:`model_path`: the tiny model for a backend (``cpu_vllm``: ``head_dim=32``, as vLLM's CPU
   attention requires).
@@ -239,6 +242,35 @@ def overrides(
         f"hydra.run.dir={out / 'hydra'}",
         *backend_overrides(backend, policy=policy, out=out),
     ]
+
+
+VAL_ONLY_KEYS = ("trainer.val_only", "trainer.val_before_train", "trainer.validation_data_dir")
+
+
+def val_only_overrides(val_files: list[Path], dump_dir: Path) -> list[str]:
+    """The evaluation run (README, "Evaluation"): veRL's ``val_only`` over ``val_files``, each
+    sample with its ``reward_extra_info`` dumped to ``dump_dir/<step>.jsonl`` for
+    ``python -m medvr_verl.eval report``. veRL builds the training dataloader even then: it reads
+    the first val file."""
+    files = ",".join(str(f) for f in val_files)
+    return [
+        "trainer.val_only=true",
+        "trainer.val_before_train=true",
+        f"trainer.validation_data_dir={dump_dir}",
+        f"data.val_files=[{files}]",
+        f"data.train_files=[{val_files[0]}]",
+        # no reference model: nothing is trained, so the KL term is never computed
+        "actor_rollout_ref.actor.use_kl_loss=false",
+    ]
+
+
+def val_only_command(model: Path, val_files: list[Path], out: Path, *, backend: str = "cpu", **kwargs) -> list[str]:
+    """:func:`command` turned into an evaluation: :func:`val_only_overrides` with the dump in
+    ``out/validation``, nothing else changed (the same model, lengths and backend)."""
+    replaced = {*VAL_ONLY_KEYS, "data.val_files", "data.train_files", "actor_rollout_ref.actor.use_kl_loss"}
+    base = overrides(model, val_files[0], out, backend=backend, **kwargs)
+    base = [o for o in base if o.split("=")[0] not in replaced]
+    return medvr_main_ppo([*base, *val_only_overrides(val_files, out / "validation")])
 
 
 def medvr_main_ppo(override_list: list[str]) -> list[str]:

@@ -38,6 +38,7 @@ __all__ = [
     "fmt_pct",
     "grounding_metrics",
     "image_boxes",
+    "label_of",
     "region_scores",
     "summarize",
     "table_row",
@@ -97,6 +98,11 @@ def column_of(key: str) -> str:
         if b.key == key:
             return b.column
     raise KeyError(f"unknown benchmark {key!r}; known: {BENCHMARK_KEYS}")
+
+
+def label_of(key: str) -> str:
+    """The paper's column name of a benchmark; another data source's own name."""
+    return column_of(key) if key in BENCHMARK_KEYS else key
 
 
 def fmt_pct(value: float | None, *, scale: float = 100.0) -> str:
@@ -292,21 +298,27 @@ def grounding_metrics(records: Sequence[Mapping]) -> dict | None:
 # --------------------------------------------------------------------------------------------------
 
 
-def summarize(records: Sequence[Mapping], *, skipped: Mapping[str, int] | None = None) -> dict:
+def summarize(
+    records: Sequence[Mapping], *, skipped: Mapping[str, int] | None = None, other_sources: bool = False
+) -> dict:
     """All metrics of an evaluation: per benchmark, the table row (percent), grounding.
 
-    ``skipped``: rows per benchmark that were not evaluated (veRL's over-long prompt filter).
+    ``skipped``: rows per benchmark that were not evaluated (veRL's over-long prompt filter); None:
+    not known (a validation dump does not say), shown as "-".
+    ``other_sources``: records of data sources that are none of the paper's benchmarks (a validation
+    set of one's own) get their breakdown and grounding rows after the paper's, outside the table;
+    False: they are an error.
     """
     keys = [b.key for b in BENCHMARKS if any(r["benchmark"] == b.key for r in records)]
     unknown = sorted({r["benchmark"] for r in records} - set(BENCHMARK_KEYS))
-    if unknown:
+    if unknown and not other_sources:
         raise ValueError(f"records of unknown benchmarks {unknown}; known: {BENCHMARK_KEYS}")
     per_bench = {}
     grounding = {}
-    for key in keys:
+    for key in [*keys, *unknown]:
         sub = [r for r in records if r["benchmark"] == key]
         per_bench[key] = benchmark_metrics(sub)
-        per_bench[key]["skipped"] = int((skipped or {}).get(key, 0))
+        per_bench[key]["skipped"] = None if skipped is None else int(skipped.get(key, 0))
         g = grounding_metrics(sub)
         if g is not None:
             grounding[key] = g

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -22,11 +23,12 @@ from medvr_verl.eval.metrics import (
     PAPER_ROWS,
     column_of,
     fmt_pct,
+    label_of,
     table_row,
 )
 from medvr_verl.io_utils import AtomicFile, atomic_write_text
 
-__all__ = ["JsonlWriter", "atomic_write_text", "markdown", "write_results"]
+__all__ = ["EvalResult", "JsonlWriter", "atomic_write_text", "markdown", "write_results"]
 
 TABLE_NOTE = (
     "Accuracy (%). General avg = mean of OMVQA, PMC-VQA, MedXQA (general medical VQA); Modality avg = mean "
@@ -50,6 +52,31 @@ GROUNDING_NOTE = (
 )
 
 
+@dataclass
+class EvalResult:
+    """An evaluation's report: what :func:`medvr_verl.eval.dump.report_from_dump` returns."""
+
+    results: dict
+    """Everything in ``results.json``: ``benchmarks``, ``table``, ``grounding``, ``settings``, ``model``."""
+    markdown: str
+    """``results.md``."""
+    records: list[dict] = field(repr=False)
+    """One dict per scored sample (the lines of ``samples.jsonl``)."""
+    paths: dict[str, Path] = field(default_factory=dict)
+    """Written files by name (``results.md``, ``results.json``, ``samples.jsonl``); empty without ``out_dir``."""
+
+    @property
+    def table_row(self) -> dict[str, float | None]:
+        """``{column: accuracy % or None}`` with the two averages (unrounded)."""
+        return self.results["table"]["row"]
+
+    def accuracy(self, benchmark: str) -> float | None:
+        """Accuracy (%) of a benchmark (canonical name or alias), None when not evaluated."""
+        from medvr_verl.data.writer import resolve_dataset
+
+        return self.table_row.get(column_of(resolve_dataset(benchmark)))
+
+
 def _md_table(header: list[str], rows: list[list[str]], align_left: int = 1) -> list[str]:
     lines = ["| " + " | ".join(header) + " |"]
     lines.append("|" + "|".join(":---" if i < align_left else "---:" for i in range(len(header))) + "|")
@@ -68,9 +95,14 @@ def markdown(results: Mapping[str, Any], *, model: str | None = None, paper_rows
     model = model or results.get("model") or "this run"
     lines = ["# MedVR evaluation", ""]
     n = settings.get("samples_per_prompt", 1)
-    temp = settings.get("temperature", 0)
-    sampling = "greedy (temperature 0)" if n == 1 and not temp else f"temperature {temp}"
+    if "temperature" in settings:
+        temp = settings["temperature"]
+        sampling = "greedy (temperature 0)" if n == 1 and not temp else f"temperature {temp}"
+    else:  # a validation dump does not record the sampling: the run's rollout.val_kwargs
+        sampling = "the run's rollout.val_kwargs"
     lines.append(f"Model: `{model}`; zoom agent (`medvr_agent`), {sampling}, {n} sample(s) per question.")
+    if settings.get("dump"):
+        lines.append(f"Samples: veRL's validation dump `{settings['dump']}`.")
     lines += ["", TABLE_NOTE, ""]
 
     header = ["Model", *results["table"]["columns"]]
@@ -112,7 +144,7 @@ def markdown(results: Mapping[str, Any], *, model: str | None = None, paper_rows
 
         rows.append(
             [
-                column_of(key),
+                label_of(key),
                 str(m["n_prompts"]),
                 str(m["n"]),
                 fmt_pct(m["acc"]),
@@ -121,14 +153,15 @@ def markdown(results: Mapping[str, Any], *, model: str | None = None, paper_rows
                 fmt_pct(m["zoom_rate"]),
                 f"{m['zooms_per_sample']:.2f}",
                 fmt_pct(m["format_rate"]),
-                str(m.get("skipped", 0)),
+                "-" if m.get("skipped") is None else str(m["skipped"]),
             ]
         )
     lines += _md_table(header, rows)
     lines += [
         "",
         "Acc and rates in percent. Zoom rate = share of samples with >= 1 valid zoom; format rate = share with the "
-        "<think>...</think><answer>...</answer> format; skipped = rows veRL's over-long prompt filter dropped.",
+        "<think>...</think><answer>...</answer> format; skipped = rows veRL's over-long prompt filter dropped "
+        '("-": not known, as from a validation dump).',
     ]
 
     if results.get("grounding"):
@@ -150,7 +183,7 @@ def markdown(results: Mapping[str, Any], *, model: str | None = None, paper_rows
             z, c = g["zoom"], g["consensus"]
             rows.append(
                 [
-                    column_of(key),
+                    label_of(key),
                     str(g["n_with_gt"]),
                     f"{g['n_zoomed']} ({fmt_pct(g['zoom_rate'])}%)",
                     fmt_pct(z["coverage"]),

@@ -47,7 +47,6 @@ __all__ = [
     "make_sample",
     "make_trainer_config",
     "run_agent_loop_worker",
-    "run_manager",
     "register_prompts_v1",
     "run_manager_v1",
     "sync_replay_buffer",
@@ -381,22 +380,6 @@ def run_agent_loop_worker(
         return ray.get(actor.generate_sequences.remote(batch), timeout=timeout_s)
     finally:
         ray.kill(actor)
-
-
-def run_manager(manager_cls, config, client, batch, *, reward_loop_worker_handles=None):
-    """One ``generate_sequences`` step of an ``AgentLoopManager`` class (e.g. this plugin's
-    ``GroupAgentLoopManager`` / ``EVRAgentLoopManager``) with its Ray workers, which are killed after."""
-    import ray
-
-    ensure_ray()
-    manager = manager_cls.create(
-        config=config, llm_client=client, teacher_client=None, reward_loop_worker_handles=reward_loop_worker_handles
-    )
-    try:
-        return manager.generate_sequences(batch)
-    finally:
-        for worker in manager.agent_loop_workers:
-            ray.kill(worker)
 
 
 def register_prompts_v1(
