@@ -64,9 +64,9 @@ from medvr_verl.vllm_template import (
     TEMPLATE_ARG,
     SequenceTrie,
     TemplateOptions,
+    request_sequences,
     template_of,
     template_scores,
-    turn_sequences,
 )
 
 logger = logging.getLogger(__name__)
@@ -273,24 +273,8 @@ def load_replica_class():
             return self._medvr_template
 
         def _turn_sequences(self, prompt_ids, image_data, mm_processor_kwargs) -> list[list[int]]:
-            """The open turn's allowed token sequences (:func:`medvr_verl.vllm_template.turn_sequences`)."""
-            processor = self.model_config.processor
-            tokenizer = getattr(processor, "tokenizer", processor)
-            size = None
-            if image_data:
-                # the first image as the model sees it: the processor's resize, in pixels
-                vision = processor.image_processor(
-                    images=[image_data[0]], return_tensors="pt", **dict(mm_processor_kwargs or {})
-                )
-                _, grid_h, grid_w = (int(v) for v in vision["image_grid_thw"][0].tolist())
-                patch = int(getattr(processor.image_processor, "patch_size", 14))
-                size = (grid_w * patch, grid_h * patch)
-            return turn_sequences(
-                tokenizer.decode(list(prompt_ids), skip_special_tokens=False),
-                size,
-                self._template().constrained,
-                lambda text: tokenizer.encode(text, add_special_tokens=False),
-                tokenizer.eos_token_id,
+            return request_sequences(
+                self.model_config.processor, prompt_ids, image_data, mm_processor_kwargs, self._template().constrained
             )
 
         async def generate(self, prompt_ids, sampling_params, request_id, **kwargs):

@@ -68,7 +68,8 @@ class TemplateOptions:
         unknown = sorted(set(options) - set(OPTION_KEYS))
         if unknown:
             raise ValueError(
-                f"actor_rollout_ref.rollout.custom.vllm.constrained: unknown options {unknown}; known: {list(OPTION_KEYS)}"
+                f"actor_rollout_ref.rollout.custom.vllm.constrained: unknown options {unknown}; "
+                f"known: {list(OPTION_KEYS)}"
             )
         enable = options.pop("enable", False)
         if not isinstance(enable, bool):
@@ -102,6 +103,32 @@ def turn_sequences(
     assert choice is not None, "plan_turn always holds one decision"
     TokenTrie(choice.candidates, encode)  # refuses candidates that are token prefixes of others
     return [head + encode(c) + tail + [int(eos_id)] for c in choice.candidates]
+
+
+def request_sequences(processor, prompt_ids, image_data, mm_processor_kwargs, options: ConstrainedOptions):
+    """:func:`turn_sequences` of one generation request as veRL's vLLM server receives it.
+
+    ``processor``: the model's Hugging Face processor (veRL's ``model_config.processor``);
+    ``prompt_ids``: the whole context, image placeholders expanded; ``image_data``: its images (the
+    first one's size as the model sees it comes from ``processor.image_processor`` with the same
+    ``mm_processor_kwargs``); each sequence ends in the tokenizer's eos.
+    """
+    tokenizer = getattr(processor, "tokenizer", processor)
+    size = None
+    if image_data:
+        vision = processor.image_processor(
+            images=[image_data[0]], return_tensors="pt", **dict(mm_processor_kwargs or {})
+        )
+        _, grid_h, grid_w = (int(v) for v in vision["image_grid_thw"][0].tolist())
+        patch = int(getattr(processor.image_processor, "patch_size", 14))
+        size = (grid_w * patch, grid_h * patch)
+    return turn_sequences(
+        tokenizer.decode(list(prompt_ids), skip_special_tokens=False),
+        size,
+        options,
+        lambda text: tokenizer.encode(text, add_special_tokens=False),
+        tokenizer.eos_token_id,
+    )
 
 
 class SequenceTrie:
