@@ -10,9 +10,9 @@ veRL wrote: its ``file`` logger's metrics, its rollout dump and its log. About 2
 EVR forks: a random-weight model never writes a zoom call in free text, so the backend decodes under
 medvr_vllm's template (``rollout.custom.vllm.constrained.enable=true``, :mod:`medvr_verl.vllm_template`):
 vLLM samples the zoom cell and the answer, a template writes the rest. The entropies EVR reads are
-the decisions' (0 at template tokens), so a zoom call's ``dH`` exceeds the recipe's threshold (0.1)
-and forks start at qualified calls (``medvr/evr/fork_rate_qualified``), cut right before the
-coordinates and continued by vLLM from there.
+the decisions' (0 at template tokens), so a zoom call's ``dH`` exceeds the recipe's threshold (0.1);
+with ``evr.p_base=1`` such a call branches at once (streaming EVR) and the forks, cut right before
+the coordinates, are continued by vLLM from there (``medvr/evr/fork_rate_qualified``).
 """
 
 from __future__ import annotations
@@ -85,6 +85,7 @@ def test_evr_forks_at_qualified_zoom_calls(run):
         assert metrics[step]["medvr/evr/delta_h/max"] > 0.1  # the recipe's threshold
         assert metrics[step]["medvr/evr/qualified_points/mean"] > 0
         assert metrics[step]["medvr/evr/fork_rate_qualified/mean"] > 0
+        assert metrics[step]["medvr/evr/streamed_forks/sum"] > 0
     outputs = [rec["output"] for path in sorted((out / "rollouts").glob("*.jsonl")) for rec in _jsonl(path)]
     assert outputs and all("<tool_call>" in text and "<answer>" in text for text in outputs), outputs[:2]
 
