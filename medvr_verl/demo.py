@@ -361,7 +361,8 @@ def _main_vllm(out: Path, steps: int, save_freq: int) -> int:
         "+backend=cpu_vllm (rollout medvr_vllm).\nTHE MODEL HAS RANDOM WEIGHTS and writes no zoom call on its "
         "own, so vLLM decodes under medvr_vllm's template\n(rollout.custom.vllm.constrained, ours, off in the "
         "recipe): the model samples the zoom cell and the answer, a template\nwrites the rest; EVR forks at "
-        "zoom calls whose coordinates' entropy qualifies (evr.fallback=top_dh fills the rest).\n" + "=" * 100,
+        "zoom calls whose coordinates' entropy qualifies (evr.p_base=1: each such call branches at once;\n"
+        "evr.fallback=top_dh fills any slot left).\n" + "=" * 100,
         flush=True,
     )
     code, memory, elapsed = run_training(out, steps, save_freq, backend="cpu_vllm")
