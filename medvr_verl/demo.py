@@ -117,7 +117,7 @@ def run_training(
     """``python -m verl.trainer.main_ppo``; returns (returncode, PeakMemory, s).
 
     ``backend``: ``cpu`` (CPU overlay, medvr_cpu server, scripted policy) or ``cpu_vllm`` (medvr_vllm on
-    vLLM's CPU build, which samples the text)."""
+    vLLM's CPU build, decoding under medvr_vllm's template)."""
     from medvr_verl.cpu import tiny_run
     from medvr_verl.testing.tiny_qwen25vl import tiny_model_path_for
 
