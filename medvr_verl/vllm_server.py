@@ -42,6 +42,13 @@ What it changes, checked against vLLM 0.24.0:
   as ``f"{rollout.name}_server_{replica}_{node}"`` while ``vLLMReplica`` names it
   ``vllm_server_...``; the replica here names its servers after ``rollout.name`` so the two agree.
 
+* **Template decoding** (``rollout.custom.vllm.constrained.enable``, ours, off by default): every
+  turn follows the CPU ``constrained`` policy's template, vLLM sampling the zoom cell and the answer
+  through the logits processor ``medvr_verl.vllm_logits:TemplateLogitsProcessor`` (added to the
+  engine's ``logits_processors``); a templated request asks for its decision tokens' logprobs
+  (``logprob_token_ids``) instead of the top k, and its entropies are over the tokens allowed at
+  each position (:mod:`medvr_verl.vllm_template`).
+
 Caveat: parts of veRL 0.9.1 switch on ``rollout.name == "vllm"`` (request priority, the
 ``delta_sharded`` checkpoint backend, PD disaggregation); under ``medvr_vllm`` they take their
 non-vLLM path. The engine-side adapter is veRL's vLLM ``ServerAdapter``.
