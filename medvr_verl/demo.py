@@ -117,7 +117,7 @@ def run_training(
     """``python -m verl.trainer.main_ppo``; returns (returncode, PeakMemory, s).
 
     ``backend``: ``cpu`` (CPU overlay, medvr_cpu server, scripted policy) or ``cpu_vllm`` (medvr_vllm on
-    vLLM's CPU build, which samples the text)."""
+    vLLM's CPU build, decoding under medvr_vllm's template)."""
     from medvr_verl.cpu import tiny_run
     from medvr_verl.testing.tiny_qwen25vl import tiny_model_path_for
 
@@ -307,7 +307,7 @@ def main(argv: list[str] | None = None) -> int:
         choices=("cpu", "vllm"),
         default="cpu",
         help="cpu: the medvr_cpu server, scripted text; vllm: medvr_vllm on vLLM's CPU build (./.venv-vllm, "
-        "scripts/demo.sh --rollout vllm), text sampled by vLLM",
+        "scripts/demo.sh --rollout vllm), vLLM sampling the zoom cell and answer under medvr_vllm's template",
     )
     args = parser.parse_args(argv)
     if args.steps < 2:
@@ -355,26 +355,38 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _main_vllm(out: Path, steps: int, save_freq: int) -> int:
-    """The same run with ``medvr_vllm`` on vLLM's CPU build: vLLM samples the text (no script)."""
+    """The same run with ``medvr_vllm`` on vLLM's CPU build, vLLM decoding under the template."""
     print(
         "=" * 100 + "\nMedVR demo on vLLM's CPU build: python -m verl.trainer.main_ppo, recipe medvr + "
-        "+backend=cpu_vllm (rollout medvr_vllm).\nTHE MODEL HAS RANDOM WEIGHTS and vLLM samples its text: "
-        "it writes no zoom calls, so EVR makes no forks.\n" + "=" * 100,
+        "+backend=cpu_vllm (rollout medvr_vllm).\nTHE MODEL HAS RANDOM WEIGHTS and writes no zoom call on its "
+        "own, so vLLM decodes under medvr_vllm's template\n(rollout.custom.vllm.constrained, ours, off in the "
+        "recipe): the model samples the zoom cell and the answer, a template\nwrites the rest; EVR forks at "
+        "zoom calls whose coordinates' entropy qualifies (evr.p_base=1: each such call branches at once;\n"
+        "evr.fallback=top_dh fills any slot left).\n" + "=" * 100,
         flush=True,
     )
     code, memory, elapsed = run_training(out, steps, save_freq, backend="cpu_vllm")
     if code != 0:
         return code
     table = read_rollouts(out)
-    print(f"\nPer trajectory, from the run's rollout dump ({out / 'rollouts'}); text sampled by vLLM:")
+    print(f"\nPer trajectory, from the run's rollout dump ({out / 'rollouts'}); sampled by vLLM under the template:")
     print_table(table)
     print("\nTraining metrics per step (veRL's file logger):")
     records = read_metrics(out / "metrics.jsonl")
     print_metrics(records)
     for rec in records:
-        diff = rec["data"].get("training/rollout_probs_diff_mean")
+        data = rec["data"]
+        print(
+            f"  step {rec['step']}: EVR fork slots at qualified calls "
+            f"{data.get('medvr/evr/fork_rate_qualified/mean', float('nan')):.2f}, by the fallback "
+            f"{data.get('medvr/evr/fork_rate_fallback/mean', float('nan')):.2f} (zoom calls' dH max "
+            f"{data.get('medvr/evr/delta_h/max', float('nan')):.3f} nats, threshold 0.1)"
+        )
+        diff = data.get("training/rollout_probs_diff_mean")
         if diff is not None:
-            print(f"  step {rec['step']}: mean |p_vLLM - p_actor| over response tokens {diff:.2e} (weights in sync)")
+            print(f"  step {rec['step']}: mean |p_vLLM - p_actor| over trained tokens {diff:.2e} (weights in sync)")
+    pngs = write_overlays(table, out, out / "overlays")
+    print(f"\nOverlays of each group's zooms and CCA consensus: {len(pngs)} PNG(s) in {out / 'overlays'}")
     print(f"Peak memory of the run: {memory.peak / 2**30:.2f} GB resident; main_ppo wall time {elapsed:.0f} s")
     return 0
 

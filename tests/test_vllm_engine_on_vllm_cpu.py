@@ -28,6 +28,7 @@ import pytest
 
 from medvr_verl.entropy import topk_entropy, topk_entropy_error_bound
 from medvr_verl.vllm_server import _TopKEngine
+from medvr_verl.vllm_template import LOGITS_PROCESSOR, TEMPLATE_ARG, SequenceTrie, restricted_entropy, turn_sequences
 
 TOP_K = 20
 MAX_TOKENS = 24
@@ -71,6 +72,8 @@ def engine(model_path, loop, processor):
         enable_prefix_caching=True,
         limit_mm_per_prompt={"image": 3},
         seed=0,
+        # medvr_vllm adds it under rollout.custom.vllm.constrained.enable; inert for other requests
+        logits_processors=[LOGITS_PROCESSOR],
         worker_extension_cls="verl.workers.rollout.vllm_rollout.utils.vLLMColocateWorkerExtension",
     )
     inner = loop.run_until_complete(_start(AsyncLLM, args, processor))
@@ -132,14 +135,17 @@ def _prompt(processor, images):
     return inputs["input_ids"][0].tolist(), inputs
 
 
-def _generate(loop, engine, processor, prompt_ids, images, *, max_tokens=MAX_TOKENS, seed=0):
+def _generate(loop, engine, processor, prompt_ids, images, *, max_tokens=MAX_TOKENS, seed=0, extra_args=None):
     """One request as veRL's ``vLLMHttpServer.generate`` sends it: image placeholders collapsed to one
-    per image (``qwen2_5_vl_dedup_image_tokens``), vLLM expands them again from the images."""
+    per image (``qwen2_5_vl_dedup_image_tokens``), vLLM expands them again from the images.
+    ``extra_args``: as the server passes a templated turn's sequences."""
     from verl.workers.rollout.utils import qwen2_5_vl_dedup_image_tokens
     from vllm import SamplingParams
     from vllm.inputs import TokensPrompt
 
-    params = SamplingParams(temperature=1.0, top_p=1.0, top_k=-1, max_tokens=max_tokens, seed=seed, logprobs=0)
+    params = SamplingParams(
+        temperature=1.0, top_p=1.0, top_k=-1, max_tokens=max_tokens, seed=seed, logprobs=0, extra_args=extra_args
+    )
     request_id = uuid.uuid4().hex
     sent = qwen2_5_vl_dedup_image_tokens(prompt_ids, processor)
     assert len(sent) < len(prompt_ids)
@@ -152,10 +158,13 @@ def _generate(loop, engine, processor, prompt_ids, images, *, max_tokens=MAX_TOK
         return final
 
     final = loop.run_until_complete(run())
-    assert params.logprobs == TOP_K and params.flat_logprobs  # what _TopKEngine asks of vLLM
+    if extra_args is None:
+        assert params.logprobs == TOP_K and params.flat_logprobs  # what _TopKEngine asks of vLLM
     # vLLM's expansion of the images is the processor's: the engine sees the trainer's prompt
     assert list(final.prompt_token_ids) == list(prompt_ids)
-    return final, engine.entropies.pop(request_id)
+    forced = engine.forced.pop(request_id, None)
+    entropies = engine.entropies.pop(request_id)
+    return (final, entropies) if extra_args is None else (final, entropies, forced)
 
 
 def _hf_logprobs(hf_model, processor, inputs, response_ids):
@@ -227,3 +236,62 @@ def test_an_evr_fork_resumes_from_its_base_prefix_served_by_the_prefix_cache(loo
     # vLLM caches whole KV blocks: every full block of the base's prompt + shared response is reused
     assert cached == (len(fork_prompt) // block) * block or cached >= (len(prompt_ids) // block) * block, cached
     assert cached > 0
+
+
+def _template(processor, prompt_ids, inputs):
+    """The open turn's sequences as ``MedVRvLLMHttpServer._turn_sequences`` builds them."""
+    from medvr_verl.cpu.constrained import ConstrainedOptions
+
+    tokenizer = processor.tokenizer
+    _, grid_h, grid_w = inputs["image_grid_thw"][0].tolist()
+    patch = processor.image_processor.patch_size
+    return turn_sequences(
+        tokenizer.decode(prompt_ids, skip_special_tokens=False),
+        (grid_w * patch, grid_h * patch),
+        ConstrainedOptions(),
+        lambda text: tokenizer.encode(text, add_special_tokens=False),
+        tokenizer.eos_token_id,
+    )
+
+
+def test_template_decoding_samples_the_zoom_box_with_policy_entropies(loop, engine, processor, hf_model):
+    """rollout.custom.vllm.constrained: vLLM (through medvr_vllm's logits processor) writes the zoom
+    turn's template and samples the box; the entropy at a decision is the restricted distribution's,
+    computed here from a HF forward pass of the same weights, and 0 at every forced token."""
+    images = _images(1)
+    prompt_ids, inputs = _prompt(processor, images)
+    sequences = _template(processor, prompt_ids, inputs)
+    trie = SequenceTrie(sequences)
+    boxes = set()
+    for seed in range(3):
+        final, entropies, forced = _generate(
+            loop, engine, processor, prompt_ids, images, max_tokens=128, seed=seed, extra_args={TEMPLATE_ARG: sequences}
+        )
+        tokens = list(final.outputs[0].token_ids)
+        assert tokens in sequences, processor.tokenizer.decode(tokens)
+        boxes.add(tuple(tokens))
+        exact = _hf_logprobs(hf_model, processor, inputs, tokens)
+        decisions = [i for i, flag in enumerate(forced) if not flag]
+        assert decisions and len(entropies) == len(tokens)
+        for i in range(len(tokens)):
+            if forced[i]:
+                assert entropies[i] == 0.0
+                continue
+            allowed = trie.allowed(tokens[:i])
+            assert len(allowed) > 1
+            assert entropies[i] == pytest.approx(restricted_entropy([float(exact[i, t]) for t in allowed]), abs=1e-2)
+            assert entropies[i] > 0
+        # processed_logprobs: the sampled token's log-prob is the restricted one (1 at a forced token)
+        assert all(abs(final.outputs[0].logprobs[i][tokens[i]].logprob) < 1e-4 for i in range(len(tokens)) if forced[i])
+    print(f"template decoding: {len(boxes)} distinct zoom turns in 3 samples; decision entropies {entropies}")
+
+    # an EVR fork cut right before the coordinates continues the template from there, on the cache
+    cut = decisions[0]
+    fork_prompt = prompt_ids + tokens[:cut]
+    fork_sequences = _template(processor, fork_prompt, inputs)
+    assert fork_sequences == [s[cut:] for s in sequences]
+    fork, _, _ = _generate(
+        loop, engine, processor, fork_prompt, images, max_tokens=64, seed=7, extra_args={TEMPLATE_ARG: fork_sequences}
+    )
+    assert list(fork.outputs[0].token_ids) in fork_sequences
+    assert fork.num_cached_tokens > 0

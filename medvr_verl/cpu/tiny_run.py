@@ -176,10 +176,21 @@ def backend_overrides(backend: str, *, policy: str = "scripted", out: Path | Non
             items.append(f"actor_rollout_ref.rollout.custom.cpu.weight_log={out / 'rollout_weights.jsonl'}")
         return items
     if backend == "cpu_vllm":
-        # vLLM samples the text (no scripted policy under vLLM: the random model never zooms), so every
-        # rollout scores alike and GRPO's advantages are 0; a small entropy bonus gives the actor a
-        # non-zero update, so step 2's KL is positive and the weight sync carries a changed actor
-        return ["+backend=cpu_vllm", "actor_rollout_ref.actor.entropy_coeff=0.01"]
+        # the random model never writes a zoom call in free text, so vLLM decodes under medvr_vllm's
+        # template (rollout.custom.vllm.constrained): the model samples the zoom cell and the answer,
+        # EVR sees their entropies and forks at qualified calls. raw_logprobs: the rollout's log-probs
+        # are the model's, as the actor recomputes them (processed ones would be the template's).
+        # evr.p_base=1: a qualifying call branches with P = 1 (the recipe's 0.2 + 0.5 dH is ~0.3 at the
+        # template's dH ~0.2, and 4 calls a step would often leave every fork slot to the fallback).
+        # A small entropy bonus keeps the actor's update non-zero when a group's rewards all agree,
+        # so step 2's KL is positive and the weight sync carries a changed actor.
+        return [
+            "+backend=cpu_vllm",
+            "actor_rollout_ref.rollout.custom.vllm.constrained.enable=true",
+            "actor_rollout_ref.rollout.logprobs_mode=raw_logprobs",
+            "actor_rollout_ref.rollout.custom.evr.p_base=1.0",
+            "actor_rollout_ref.actor.entropy_coeff=0.01",
+        ]
     if backend == "gpu":
         return [
             "trainer.n_gpus_per_node=1",
