@@ -1,6 +1,6 @@
 """Does training through veRL's trainer improve the policy? The full-length learning run on CPU.
 
-    python benchmarks/bench_learning.py --out bench_learning --steps 30
+    python benchmarks/bench_learning.py --out bench_learning --steps 30 --seed 0
 
 One ``python -m verl.trainer.main_ppo`` run of the MedVR recipe (``+backend=cpu``, V1 trainer,
 EVR, ``medvr_cca``) on the synthetic stripes task with the ``constrained`` policy
@@ -151,6 +151,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--lr", type=float, default=learning.DEFAULT_LR)
+    parser.add_argument("--kl", type=float, default=learning.DEFAULT_KL_LOSS_COEF, help="actor.kl_loss_coef")
     parser.add_argument("--ablation", action="store_true", help="the tool-reward / EVR ablation instead")
     parser.add_argument("--replot", action="store_true", help="no training: redo CSV, PNG and checks from OUT/run")
     parser.add_argument("--override", action="append", default=[], help="extra main_ppo override (repeatable)")
@@ -167,10 +168,11 @@ def main(argv: list[str] | None = None) -> int:
         summary, seconds = summarize(rows), float("nan")
     else:
         rows, summary, seconds = run_one(
-            model, out / "run", args.steps, seed=args.seed, lr=args.lr, extra=tuple(args.override)
+            model, out / "run", args.steps, seed=args.seed, lr=args.lr, kl_loss_coef=args.kl, extra=tuple(args.override)
         )
     write_csv(rows, out / "curve.csv")
-    plot_curve(rows, out / "curve.png", f"stripes task, constrained policy, seed {args.seed}, lr {args.lr}")
+    title = f"stripes task, constrained policy, seed {args.seed}, lr {args.lr}, kl {args.kl}"
+    plot_curve(rows, out / "curve.png", title)
     print(f"main_ppo: {len(rows)} steps in {seconds:.0f} s; curve: {out / 'curve.csv'}, {out / 'curve.png'}")
     for key, value in summary.items():
         print(f"  {key:24s} {value:.3f}")
@@ -189,7 +191,14 @@ def ablation(model: Path, out: Path, args) -> int:
     for name, kwargs in ABLATIONS:
         folder = out / name.replace(", ", "_").replace(" ", "_")
         rows, summary, seconds = run_one(
-            model, folder, args.steps, seed=args.seed, lr=args.lr, extra=tuple(args.override), **kwargs
+            model,
+            folder,
+            args.steps,
+            seed=args.seed,
+            lr=args.lr,
+            kl_loss_coef=args.kl,
+            extra=tuple(args.override),
+            **kwargs,
         )
         write_csv(rows, folder / "curve.csv")
         table.append(
