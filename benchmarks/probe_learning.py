@@ -177,7 +177,7 @@ def grpo(args) -> None:
         logits = model(**enc).logits
         ref_logits = ref(**enc).logits.detach() if ref is not None else None
         restricted, full, ref_full = [], [], []
-        for i, text in enumerate(texts):
+        for i in range(len(texts)):
             ids = tokenizer.encode(boxes[i % len(boxes)])
             r, f, positions = decision_logps(enc, logits, i, ids)
             restricted.append(r)

@@ -36,7 +36,11 @@ def check(out: Path, steps: int) -> list[str]:
     problems = []
     if sorted(metrics) != list(range(1, steps + 1)):
         problems.append(f"steps logged: {sorted(metrics)}, expected 1..{steps}")
-    problems += [f"step {s}: actor/grad_norm {m.get('actor/grad_norm')}" for s, m in metrics.items() if not m.get("actor/grad_norm", 0) > 0]
+    problems += [
+        f"step {s}: actor/grad_norm {m.get('actor/grad_norm')}"
+        for s, m in metrics.items()
+        if not m.get("actor/grad_norm", 0) > 0
+    ]
     if steps >= 2 and not metrics.get(2, {}).get("actor/kl_loss", 0) > 0:
         problems.append(f"step 2: actor/kl_loss {metrics.get(2, {}).get('actor/kl_loss')}")
     return problems

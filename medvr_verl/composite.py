@@ -31,11 +31,10 @@ Imports neither veRL nor torch.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
-
 import math
 import numbers
+from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 

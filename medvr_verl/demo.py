@@ -6,7 +6,8 @@ overlay (``--config-path=pkg://medvr_verl.recipes.medvr --config-name=medvr +bac
 EVR forks, ``medvr_cca`` rewards, GRPO with a KL loss against the reference model, FSDP2 actor and
 reference updates, the actor's weights synced into the ``medvr_cpu`` rollout server after every
 step. EVR runs our ``evr.fallback=top_dh`` variant, not the paper's ``fresh`` (random weights give
-flat entropies, so ``fresh`` would fork nothing; :mod:`medvr_verl.cpu.tiny_run`). Random weights write no zoom calls, so the server runs its ``scripted`` policy: a script
+flat entropies, so ``fresh`` would fork nothing; :mod:`medvr_verl.cpu.tiny_run`). Random weights
+write no zoom calls, so the server runs its ``scripted`` policy: a script
 (:class:`medvr_verl.cpu.script.ZoomThenAnswer`) writes each turn's text, the synced model scores
 it (log-probs and entropies are real forward passes). The numbers show the mechanics, not a
 trained model.

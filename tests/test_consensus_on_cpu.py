@@ -228,11 +228,11 @@ def test_paper_quorum_counts_every_correct_trajectory_and_pays_only_zooms(group,
     ours = consensus_credit(boxes, correct, eta, quorum="correct_with_box")
     assert paper.quorum_size == sum(map(bool, correct))
     assert ours.quorum_size == sum(bool(c) and _nonempty(b) for c, b in zip(correct, boxes))
-    for b, c, r, iou in zip(boxes, correct, paper.rewards, paper.ious):
+    for b, c, r, box_iou in zip(boxes, correct, paper.rewards, paper.ious):
         if not (c and _nonempty(b)):  # wrong, or correct without a zoom: no tool reward, no IoU
-            assert r == 0.0 and iou is None
+            assert r == 0.0 and box_iou is None
         else:
-            assert r in (0.5, 1.0) and iou is not None
+            assert r in (0.5, 1.0) and box_iou is not None
     # Box-less voters only raise the bar: the paper's consensus lies inside ours.
     mask_paper = raster([tuple(int(v) for v in b) for b in paper.consensus])
     mask_ours = raster([tuple(int(v) for v in b) for b in ours.consensus])

@@ -29,7 +29,8 @@ if out["loaded"]:
     out["rng"] = bool(torch.equal(get_torch_device().get_rng_state(), torch.get_rng_state()))
     out["engine"] = EngineRegistry.get_engine_cls("language_model", "fsdp2").__name__
     out["pin_memory"] = transformer_impl.CPUOffloadPolicy().pin_memory
-    out["pg_wrapped"] = engine_workers.initialize_global_process_group_ray is distributed.initialize_global_process_group_ray
+    wrapped = engine_workers.initialize_global_process_group_ray
+    out["pg_wrapped"] = wrapped is distributed.initialize_global_process_group_ray
     out["replica"] = RolloutReplicaRegistry.get("medvr_cpu").__name__
     out["adapter"] = get_rollout_class("medvr_cpu", "async").__name__
     import os

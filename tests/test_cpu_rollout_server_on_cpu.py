@@ -73,7 +73,9 @@ def test_sampling_honours_top_k_and_temperature(sampled, prompt):
     greedy = _generate(sampled, prompt, temperature=0, max_tokens=6, ignore_eos=True).token_ids
     top1 = _generate(sampled, prompt, temperature=1.0, top_k=1, max_tokens=6, ignore_eos=True).token_ids
     assert top1 == greedy
-    hot = {tuple(_generate(sampled, prompt, temperature=5.0, max_tokens=6, ignore_eos=True).token_ids) for _ in range(4)}
+    hot = {
+        tuple(_generate(sampled, prompt, temperature=5.0, max_tokens=6, ignore_eos=True).token_ids) for _ in range(4)
+    }
     assert len(hot) > 1  # a random-weight model at temperature 5 does not repeat itself
     assert all(len(t) == 6 for t in hot)  # ignore_eos: the full budget
 

@@ -145,7 +145,7 @@ def test_plan_forks_gamma_zero_is_random_branching_whatever_dh():
     from medvr_verl.entropy import plan_forks
 
     rng = random.Random(1)
-    for trial in range(6):
+    for _ in range(6):
         k = rng.randint(2, 5)
         dhs = [rng.uniform(-3.0, 5.0) for _ in range(k)]
         dhs[0] = 10.0  # one far above any threshold

@@ -10,7 +10,6 @@ from __future__ import annotations
 import logging
 
 import numpy as np
-import pytest
 import verl  # noqa: F401  (loads the plugin: ${medvr.*} resolvers)
 from hydra import compose, initialize_config_module
 from hydra.core.global_hydra import GlobalHydra
@@ -66,8 +65,8 @@ def _parquet(tmp_path, image_sets):
 
 
 def _dataset(config, path):
-    from verl.utils.config import omega_conf_to_dataclass
     from verl.trainer.ppo.utils import create_rl_dataset
+    from verl.utils.config import omega_conf_to_dataclass
 
     model = omega_conf_to_dataclass(config.actor_rollout_ref.model)
     return create_rl_dataset(path, config.data, model.tokenizer, model.processor, is_train=True)

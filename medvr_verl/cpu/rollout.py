@@ -22,7 +22,6 @@ import os
 from typing import Any
 
 import ray
-
 from verl.workers.rollout.base import BaseRollout
 from verl.workers.rollout.replica import RolloutReplica
 

@@ -57,8 +57,8 @@ from typing import Any
 
 import torch
 
-from medvr_verl.cpu.script import IMAGE_SIZES  # the scripts' view of a request's image sizes
 from medvr_verl.cpu.constrained import Choice, ConstrainedOptions, TokenTrie, plan_turn
+from medvr_verl.cpu.script import IMAGE_SIZES  # the scripts' view of a request's image sizes
 from medvr_verl.entropy import TOKEN_ENTROPY_KEY, topk_entropy
 from medvr_verl.trajectory import FORCED_TOKENS_KEY
 
@@ -325,7 +325,10 @@ class CPURolloutServer:
             repetition_penalty=float(params.get("repetition_penalty", 1.0) or 1.0),
             suppress_tokens=self._vision_token_ids() or None,
         )
-        inputs = {"input_ids": torch.tensor([prompt_ids]), "attention_mask": torch.ones(1, len(prompt_ids), dtype=torch.long)}
+        inputs = {
+            "input_ids": torch.tensor([prompt_ids]),
+            "attention_mask": torch.ones(1, len(prompt_ids), dtype=torch.long),
+        }
         with self._lock, torch.no_grad():
             # HF sampling draws from torch's global generator: seed it from the server's own stream
             torch.manual_seed(int(torch.randint(0, 2**62, (1,), generator=self._generator)))

@@ -1,7 +1,8 @@
 """A synthetic zoom task whose answer is visible only inside a known region: ``stripes``.
 
 Each image is a uniform gray square (``size`` pixels, default 224; the learning run uses 448) with
-one ``grid x grid`` cell holding black-and-white lines one pixel wide, horizontal (answer ``A``) or vertical (answer ``B``).
+one ``grid x grid`` cell holding black-and-white lines one pixel wide, horizontal (answer ``A``) or
+vertical (answer ``B``).
 Seen whole at the recipe's pixel budget (``data.mm_processor_kwargs``: half the side, so 112 x 112
 for the default size) the image is shrunk 2x, which averages every pair of lines to the background's
 gray: the whole image says nothing about the answer. A zoom into the cell crops at native resolution
