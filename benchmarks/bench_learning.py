@@ -153,6 +153,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--lr", type=float, default=learning.DEFAULT_LR)
     parser.add_argument("--kl", type=float, default=learning.DEFAULT_KL_LOSS_COEF, help="actor.kl_loss_coef")
     parser.add_argument("--ablation", action="store_true", help="the tool-reward / EVR ablation instead")
+    parser.add_argument(
+        "--variant",
+        action="append",
+        default=[],
+        help="with --ablation: run only this variant of ABLATIONS (repeatable; default all)",
+    )
+    parser.add_argument(
+        "--reuse",
+        action="append",
+        default=[],
+        metavar="VARIANT=DIR",
+        help="with --ablation: take VARIANT's curve from DIR (a learning.run folder with these settings)",
+    )
     parser.add_argument("--replot", action="store_true", help="no training: redo CSV, PNG and checks from OUT/run")
     parser.add_argument("--override", action="append", default=[], help="extra main_ppo override (repeatable)")
     args = parser.parse_args(argv)
@@ -187,26 +200,38 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def ablation(model: Path, out: Path, args) -> int:
+    known = dict(ABLATIONS)
+    wanted = args.variant or list(known)
+    reused = dict(r.split("=", 1) for r in args.reuse)
+    unknown = sorted(set(wanted + list(reused)) - set(known))
+    if unknown:
+        raise SystemExit(f"--variant/--reuse: unknown variants {unknown}; known: {list(known)}")
     table = []
-    for name, kwargs in ABLATIONS:
+    for name in wanted:
         folder = out / name.replace(", ", "_").replace(" ", "_")
-        rows, summary, seconds = run_one(
-            model,
-            folder,
-            args.steps,
-            seed=args.seed,
-            lr=args.lr,
-            kl_loss_coef=args.kl,
-            extra=tuple(args.override),
-            **kwargs,
-        )
+        if name in reused:  # a run with the same settings made before: read its metrics, do not train
+            folder.mkdir(parents=True, exist_ok=True)
+            (folder / "metrics.jsonl").write_text((Path(reused[name]) / "metrics.jsonl").read_text())
+            rows = learning.read_curve(folder)
+            summary, seconds = summarize(rows), float("nan")
+        else:
+            rows, summary, seconds = run_one(
+                model,
+                folder,
+                args.steps,
+                seed=args.seed,
+                lr=args.lr,
+                kl_loss_coef=args.kl,
+                extra=tuple(args.override),
+                **known[name],
+            )
         write_csv(rows, folder / "curve.csv")
         table.append(
             {
                 "variant": name,
                 "folder": folder.name,
                 **{k: round(v, 3) for k, v in summary.items()},
-                "seconds": round(seconds),
+                "seconds": round(seconds) if not math.isnan(seconds) else "reused",
             }
         )
         print(table[-1], flush=True)
