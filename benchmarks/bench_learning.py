@@ -202,6 +202,8 @@ def main(argv: list[str] | None = None) -> int:
 def ablation(model: Path, out: Path, args) -> int:
     known = dict(ABLATIONS)
     wanted = args.variant or list(known)
+    if any("=" not in r for r in args.reuse):
+        raise SystemExit(f"--reuse takes VARIANT=DIR, got {args.reuse}")
     reused = dict(r.split("=", 1) for r in args.reuse)
     unknown = sorted(set(wanted + list(reused)) - set(known))
     if unknown:
