@@ -297,6 +297,27 @@ def run_step(manager, samples: list[dict], global_steps: int) -> dict:
     return {"makespan": makespan, "metrics": metrics, "generated": generated, "slots": slots}
 
 
+def stop_workers(managers: dict, reward) -> None:
+    """Kill the agent-loop workers of every manager and the reward-loop workers (Ray actors)."""
+    import ray
+
+    for manager in managers.values():
+        for worker in manager.agent_loop_workers:
+            ray.kill(worker)
+    for handle in reward.reward_loop_workers:
+        ray.kill(handle)
+
+
+def makespan_ratios(results: dict[str, list[dict]], names, width: int) -> dict[str, float]:
+    """Median batch makespan of each run over independent sampling's; printed with the single runs."""
+    base = statistics.median(r["makespan"] for r in results["independent"])
+    ratios = {name: statistics.median(r["makespan"] for r in results[name]) / base for name in names}
+    for name in names:
+        each = ", ".join(f"{r['makespan']:.2f}" for r in results[name])
+        print(f"  batch makespan / independent: {name:{width}s} {ratios[name]:.3f}   (runs: {each} s)")
+    return ratios
+
+
 def zoom_stall(side: int = 4096, samples: int = 8) -> dict:
     """Event-loop blocking and decodes while ``samples`` zooms hit one ``side`` x ``side`` PNG original.
 
@@ -400,7 +421,6 @@ def main(argv: list[str] | None = None) -> int:
     with contextlib.redirect_stdout(io.StringIO()):  # the tool prints its schema
         stall = zoom_stall()
 
-    import ray
     import transfer_queue as tq
     import verl  # noqa: F401  (loads the plugin)
     from omegaconf import OmegaConf
@@ -464,11 +484,7 @@ def main(argv: list[str] | None = None) -> int:
                     step += 1
                     results[name].append(run_step(managers[name], samples, step))
         finally:
-            for manager in managers.values():
-                for worker in manager.agent_loop_workers:
-                    ray.kill(worker)
-            for handle in reward.reward_loop_workers:
-                ray.kill(handle)
+            stop_workers(managers, reward)
             shutdown_ray()
 
     def median(name, get):
@@ -496,11 +512,7 @@ def main(argv: list[str] | None = None) -> int:
             f"{median(name, lambda r: sum(r['generated'])):9.0f} {forks:5.0f} {streamed:8.0f} "
             f"{median(name, lambda r: r['metrics'].get('medvr/image_decodes/max', float('nan'))):14.0f}"
         )
-    base = median("independent", lambda r: r["makespan"])
-    ratios = {name: median(name, lambda r: r["makespan"]) / base for name in runs}
-    for name in runs:
-        each = ", ".join(f"{r['makespan']:.2f}" for r in results[name])
-        print(f"  batch makespan / independent: {name:32s} {ratios[name]:.3f}   (runs: {each} s)")
+    ratios = makespan_ratios(results, runs, 32)
 
     def mean_tokens(name, pick):
         return statistics.mean(g for r in results[name] for g, row in zip(r["generated"], r["slots"]) if pick(*row))

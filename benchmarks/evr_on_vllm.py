@@ -261,11 +261,7 @@ def run(args, bench) -> int:
                     result["calls"] = get_call_records(recorder, clear=True)
                     results[name].append(result)
         finally:
-            for manager in managers.values():
-                for worker in manager.agent_loop_workers:
-                    ray.kill(worker)
-            for handle in reward.reward_loop_workers:
-                ray.kill(handle)
+            bench.stop_workers(managers, reward)
             ray.kill(engine)
             shutdown_ray()
 
@@ -295,11 +291,7 @@ def run(args, bench) -> int:
             f"{forks:5.0f} {metric(name, 'medvr/evr/fork_rate_qualified/mean'):9.2f} "
             f"{metric(name, 'medvr/evr/fresh_rate/mean'):5.2f} {prefill:8.0f} {cached:7.0f}"
         )
-    base = median("independent", lambda r: r["makespan"])
-    ratios = {name: median(name, lambda r: r["makespan"]) / base for name in RUNS}
-    for name in RUNS:
-        each = ", ".join(f"{r['makespan']:.2f}" for r in results[name])
-        print(f"  batch makespan / independent: {name:26s} {ratios[name]:.3f}   (runs: {each} s)")
+    ratios = bench.makespan_ratios(results, RUNS, 26)
 
     qualify = results["EVR, calls qualify"]
     fork_calls = [c for r in qualify for c in r["calls"] if c["fork"]]
