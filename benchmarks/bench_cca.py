@@ -166,8 +166,10 @@ def worst_cases(seed: int, baseline_boxes: int) -> dict[str, bool]:
     group, correct = hostile_group(rng, 2, baseline_boxes)
     new_s, new_mb, new = _measure(consensus_credit, group, correct)
     old_s, old_mb, old = _measure(_dense, consensus_credit, group, correct)
-    print(f"  2 x {baseline_boxes} boxes: sweep {new_s:7.3f} s {new_mb:8.1f} MB | dense baseline {old_s:7.3f} s "
-          f"{old_mb:8.1f} MB | memory ratio {old_mb / max(new_mb, 1e-3):.0f}x, time ratio {old_s / new_s:.1f}x")
+    print(
+        f"  2 x {baseline_boxes} boxes: sweep {new_s:7.3f} s {new_mb:8.1f} MB | dense baseline {old_s:7.3f} s "
+        f"{old_mb:8.1f} MB | memory ratio {old_mb / max(new_mb, 1e-3):.0f}x, time ratio {old_s / new_s:.1f}x"
+    )
     checks["sweep equals the dense baseline (rewards, IoUs, consensus)"] = new == old
     checks[f"memory >= {WORST_MEMORY_RATIO:.0f}x below the baseline"] = old_mb >= WORST_MEMORY_RATIO * new_mb
     checks["no slower than the baseline"] = new_s <= old_s
@@ -186,8 +188,10 @@ def worst_cases(seed: int, baseline_boxes: int) -> dict[str, bool]:
         boxes, invalid, _ = trajectory_boxes({"medvr_zoom_calls": records}, "")
         members.append(MemberOutcome(1.0, 1.0, boxes))
     secs, mb, result = _measure(group_rewards, members, "consensus")
-    print(f"  reward path, 16 x 1000 records (capped to {len(members[0].boxes)} boxes, {invalid} counted invalid): "
-          f"{secs:7.3f} s {mb:8.1f} MB")
+    print(
+        f"  reward path, 16 x 1000 records (capped to {len(members[0].boxes)} boxes, {invalid} counted invalid): "
+        f"{secs:7.3f} s {mb:8.1f} MB"
+    )
     checks[f"reward path < {REWARD_PATH_SECONDS:g} s per group"] = secs < REWARD_PATH_SECONDS
     return checks
 

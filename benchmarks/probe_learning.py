@@ -116,8 +116,10 @@ def read(args) -> None:
         out = model(**test, output_hidden_states=True)
         hidden = out.hidden_states[-1][:, -1]
         h, v = hidden[test_target == 0], hidden[test_target == 1]
-        print(f"hidden state at <answer>: |mean(H) - mean(V)| {(h.mean(0) - v.mean(0)).norm():.3f}, "
-              f"within-class std {h.std(0).norm():.3f}")
+        print(
+            f"hidden state at <answer>: |mean(H) - mean(V)| {(h.mean(0) - v.mean(0)).norm():.3f}, "
+            f"within-class std {h.std(0).norm():.3f}"
+        )
     optimizer = torch.optim.Adam(model.parameters(), lr=args.lr)
     start = time.monotonic()
     for step in range(1, args.steps + 1):
@@ -135,8 +137,11 @@ def read(args) -> None:
         with torch.no_grad():
             p_a = torch.softmax(model(**test).logits[:, -1, letters], -1)[:, 0]
         acc = ((p_a < 0.5).long() == test_target).float().mean()
-        print(f"step {step:3d}  test acc (gt crops) {acc:.2f}  P(A|H) {p_a[test_target == 0].mean():.2f}  "
-              f"P(A|V) {p_a[test_target == 1].mean():.2f}  {time.monotonic() - start:.0f} s", flush=True)
+        print(
+            f"step {step:3d}  test acc (gt crops) {acc:.2f}  P(A|H) {p_a[test_target == 0].mean():.2f}  "
+            f"P(A|V) {p_a[test_target == 1].mean():.2f}  {time.monotonic() - start:.0f} s",
+            flush=True,
+        )
 
 
 def low_var_kl(logp, ref_logp):
@@ -157,7 +162,7 @@ def grpo(args) -> None:
 
     def decision_logps(enc, logits, i, ids):
         """(restricted log-prob: sampling; full-vocab log-prob of the branching tokens: the loss)."""
-        assert enc["input_ids"][i, -len(ids):].tolist() == ids
+        assert enc["input_ids"][i, -len(ids) :].tolist() == ids
         lg = logits[i, -len(ids) - 1 : -1]
         restricted, full, positions = 0.0, 0.0, []
         for t in range(len(ids)):
@@ -223,8 +228,11 @@ def grpo(args) -> None:
         loss.backward()
         optimizer.step()
         hit = sum(c == prompts[g]["cell"] for g, c in rows) / len(rows)
-        print(f"step {step:3d}  reward {r.mean():.2f}  acc {sum(correct) / len(rows):.2f}  zoom_gt_hit {hit:.2f}  "
-              f"P(cell) {[round(x, 2) for x in probs.mean(0).tolist()]}  {time.monotonic() - start:.0f} s", flush=True)
+        print(
+            f"step {step:3d}  reward {r.mean():.2f}  acc {sum(correct) / len(rows):.2f}  zoom_gt_hit {hit:.2f}  "
+            f"P(cell) {[round(x, 2) for x in probs.mean(0).tolist()]}  {time.monotonic() - start:.0f} s",
+            flush=True,
+        )
 
 
 def main(argv=None) -> None:
