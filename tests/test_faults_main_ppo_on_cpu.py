@@ -40,15 +40,18 @@ def _jsonl(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
 
 
-def _start(out: Path, log_name: str, metrics: str, **kwargs) -> tuple[subprocess.Popen, Path]:
-    """``main_ppo`` in a new session (its process group is ours to kill), output to ``out/log_name``."""
+def _start(
+    out: Path, log_name: str, metrics: str, extra: tuple[str, ...] = (), **kwargs
+) -> tuple[subprocess.Popen, Path]:
+    """``main_ppo`` in a new session (its process group is ours to kill), output to ``out/log_name``;
+    ``extra`` overrides go last."""
     from medvr_verl.cpu import tiny_run
     from medvr_verl.testing.tiny_qwen25vl import tiny_qwen25vl_path
 
     data = out / "tiny_medvr.parquet"
     if not data.exists():
         tiny_run.build_data(out, numbered=True)
-    cmd = tiny_run.command(tiny_qwen25vl_path(), data, out, **kwargs)
+    cmd = [*tiny_run.command(tiny_qwen25vl_path(), data, out, **kwargs), *extra]
     log = out / log_name
     with open(log, "w") as sink:
         proc = subprocess.Popen(
@@ -193,9 +196,16 @@ def test_rerun_resumes_from_the_last_complete_checkpoint_without_repeating_or_sk
 
 
 def test_a_rollout_server_killed_during_generation_ends_the_run_with_one_line(tmp_path):
-    """SIGKILL the ``medvr_cpu`` server's process right after it starts generating step 1."""
+    """SIGKILL the ``medvr_cpu`` server's process right after it starts generating step 1.
+
+    The server's answer turns block it (:class:`medvr_verl.testing.scripting.HoldAnswers`), so the
+    kill lands while requests are in flight even when Ray forwards the server's log late (without
+    the hold, step 1's generation could end before the test saw it start: the death then surfaces
+    in veRL's next call to the server, not in a session).
+    """
     out = tmp_path
-    proc, log = _start(out, "main_ppo.log", "metrics.jsonl", steps=2)
+    hold = "actor_rollout_ref.rollout.custom.cpu.script=medvr_verl.testing.scripting.HoldAnswers"
+    proc, log = _start(out, "main_ppo.log", "metrics.jsonl", extra=(hold,), steps=2)
     started = re.compile(r"generating with weights v1 .*actor (\S+) pid (\d+)")
     killed_at = pid = actor = None
     deadline = time.monotonic() + RUN_TIMEOUT_S
@@ -205,7 +215,6 @@ def test_a_rollout_server_killed_during_generation_ends_the_run_with_one_line(tm
                 match = started.search(log.read_text())
                 if match:
                     actor, pid = match.group(1), int(match.group(2))
-                    time.sleep(0.5)  # the other sessions' requests are in flight
                     os.kill(pid, signal.SIGKILL)
                     killed_at = time.monotonic()
                     deadline = killed_at + SERVER_DEATH_BOUND_S

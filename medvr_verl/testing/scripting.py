@@ -85,3 +85,28 @@ class SpikeEntropies:
 
     def __getstate__(self):
         return {**self.__dict__, "_tokenizer": None}
+
+
+class HoldAnswers:
+    """:class:`medvr_verl.cpu.script.ZoomThenAnswer` whose answer turns first block the rollout
+    server for :attr:`HOLD_S` seconds -- a FAULT-INJECTION FIXTURE.
+
+    Select with ``rollout.custom.cpu.script=medvr_verl.testing.scripting.HoldAnswers``. Every
+    trajectory's first turn (the zoom call) comes at once; its second turn (the answer) stalls the
+    server's event loop, so a test that kills the server once generation started kills it while
+    requests are in flight, however slowly the server's log reaches the test.
+    """
+
+    HOLD_S = 30.0
+
+    def __init__(self):
+        from medvr_verl.cpu.script import ZoomThenAnswer
+
+        self._script = ZoomThenAnswer()
+
+    def __call__(self, ctx):
+        import time
+
+        if ctx.turn > 0 and not is_fork_request(ctx.text):
+            time.sleep(self.HOLD_S)  # blocks the server: no request completes meanwhile
+        return self._script(ctx)
