@@ -29,6 +29,8 @@ from pathlib import Path
 
 import pytest
 
+from medvr_verl.cpu.tiny_run import kill_run
+
 pytestmark = pytest.mark.vl_stack
 
 RUN_TIMEOUT_S = 600
@@ -66,30 +68,7 @@ def _start(
 
 def _kill_run(proc: subprocess.Popen) -> None:
     """SIGKILL the run's process group and every descendant that left it (Ray's own processes)."""
-    import psutil
-
-    try:
-        family = psutil.Process(proc.pid).children(recursive=True)
-    except psutil.NoSuchProcess:
-        family = []
-    try:
-        os.killpg(proc.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-    for child in family:
-        try:
-            child.kill()
-        except psutil.NoSuchProcess:
-            pass
-    proc.wait(timeout=60)
-    _, alive = psutil.wait_procs(family, timeout=30)
-    running = []
-    for child in alive:  # a zombie waits for a reaper, it runs nothing
-        try:
-            if child.status() != psutil.STATUS_ZOMBIE:
-                running.append(child)
-        except psutil.NoSuchProcess:
-            pass
+    running = kill_run(proc)
     assert not running, f"processes of the killed run still running: {running}"
 
 

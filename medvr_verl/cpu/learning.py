@@ -20,8 +20,13 @@ is read (zoom share with the gt cell 0.12 -> 0 by step 7). The KL anchor keeps b
 the initial model until the hits have taught the answer, then the zoom follows (README, "Does it
 learn?").
 
-Used by ``tests/test_learning_on_cpu.py`` (short run) and ``benchmarks/bench_learning.py`` (full
-length, curves as CSV and PNG).
+The model is the caller's: the random-weight tiny model (``bench_learning.py --start scratch``: it
+must learn to read the crop and where to zoom, and when it starts varies widely with the seed) or
+the tiny reader (:mod:`medvr_verl.testing.tiny_reader`, the default start of the benchmark and the
+CI test: it reads the crop, and must learn where to zoom).
+
+Used by ``tests/test_learning_on_cpu.py`` (stopped once it rose, :func:`run`'s ``stop_when``) and
+``benchmarks/bench_learning.py`` (full length, curves as CSV and PNG).
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ from __future__ import annotations
 import json
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from medvr_verl.cpu import tiny_run
@@ -152,19 +158,50 @@ def command(model: Path, data: Path, out: Path, **kwargs) -> list[str]:
     return tiny_run.medvr_main_ppo(overrides(model, data, out, **kwargs))
 
 
-def run(model: Path, out: Path, *, num_records: int = 64, data_seed: int = 0, timeout: float = 3600, **kwargs):
-    """Build the data, run ``main_ppo``, return ``(returncode, seconds, log path)``."""
+def run(
+    model: Path,
+    out: Path,
+    *,
+    num_records: int = 64,
+    data_seed: int = 0,
+    timeout: float = 3600,
+    stop_when: Callable[[list[dict[str, float]]], bool] | None = None,
+    poll_s: float = 2.0,
+    **kwargs,
+):
+    """Build the data, run ``main_ppo``, return ``(returncode, seconds, log path)``.
+
+    ``stop_when(rows)`` (rows as :func:`read_curve` gives them, read after each step) ends the run
+    early once it returns True: the run's processes are killed and the returncode is ``None``. A
+    run still going after ``timeout`` seconds is killed and raises ``subprocess.TimeoutExpired``."""
     out.mkdir(parents=True, exist_ok=True)
     data = build_data(out, num_records, seed=data_seed)
     cmd = command(model, data, out, **kwargs)
     log = out / "main_ppo.log"
     start = time.monotonic()
+    seen = 0
     with open(log, "w") as f:
         f.write("$ VERL_PLATFORM=cpu " + " ".join(cmd[1:]) + "\n")
         f.flush()
-        proc = subprocess.run(
-            cmd, env=tiny_run.environment("cpu", out), stdout=f, stderr=subprocess.STDOUT, timeout=timeout
+        # its own session: the run and Ray's processes can be killed as one
+        proc = subprocess.Popen(
+            cmd, env=tiny_run.environment("cpu", out), stdout=f, stderr=subprocess.STDOUT, start_new_session=True
         )
+        try:
+            while proc.poll() is None:
+                if time.monotonic() - start > timeout:
+                    raise subprocess.TimeoutExpired(cmd, timeout)
+                if stop_when is not None:
+                    rows = read_curve(out)
+                    if len(rows) > seen:
+                        seen = len(rows)
+                        if stop_when(rows):
+                            tiny_run.kill_run(proc)
+                            return None, time.monotonic() - start, log
+                time.sleep(poll_s)
+        finally:
+            if proc.poll() is None:
+                tiny_run.kill_run(proc)
     return proc.returncode, time.monotonic() - start, log
 
 
@@ -172,8 +209,9 @@ def read_curve(out: Path) -> list[dict[str, float]]:
     """One row per step: ``step`` plus :data:`CURVE`'s columns (NaN where a step lacks a metric)."""
     path = out / "metrics.jsonl"
     rows = []
-    for line in path.read_text().splitlines() if path.exists() else []:
-        if not line.strip():
+    text = path.read_text() if path.exists() else ""
+    for line in text.splitlines(keepends=True):
+        if not line.strip() or not line.endswith("\n"):  # blank, or a line being written
             continue
         rec = json.loads(line)
         row = {"step": int(rec["step"])}

@@ -32,6 +32,8 @@ prompt plus up to 256 image tokens), so ``max_prompt_length`` is 2048 -- with 10
 from __future__ import annotations
 
 import os
+import signal
+import subprocess
 import sys
 from pathlib import Path
 
@@ -318,3 +320,34 @@ def environment(
     else:
         env.pop("VERL_PLATFORM", None)
     return env
+
+
+def kill_run(proc: subprocess.Popen, timeout: float = 60) -> list:
+    """SIGKILL a run started with ``start_new_session=True``: its process group and every descendant
+    that left it (Ray's raylet, GCS and workers may). Returns the descendants still running (zombies
+    excluded) after ``timeout`` seconds, which should be none."""
+    import psutil
+
+    try:
+        family = psutil.Process(proc.pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        family = []
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    for child in family:
+        try:
+            child.kill()
+        except psutil.NoSuchProcess:
+            pass
+    proc.wait(timeout=timeout)
+    _, alive = psutil.wait_procs(family, timeout=timeout / 2)
+    running = []
+    for child in alive:  # a zombie waits for a reaper, it runs nothing
+        try:
+            if child.status() != psutil.STATUS_ZOMBIE:
+                running.append(child)
+        except psutil.NoSuchProcess:
+            pass
+    return running
