@@ -191,6 +191,8 @@ def tiny_reader_path(
     with _file_lock(out.parent / f".{out.name}.lock"):
         if complete():
             return out
+        if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / _MARKER).exists())):
+            raise FileExistsError(f"{out} exists and is not a tiny reader build; refusing to overwrite it")
         tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
         try:
             result = train_reader(base, tmp, steps=steps, batch=batch, lr=lr, seed=seed)
