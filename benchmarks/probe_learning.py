@@ -37,8 +37,9 @@ import time
 import torch
 
 from medvr_verl.cpu.constrained import ANSWER_PREFIX, ZOOM_PREFIX, ZOOM_SUFFIX, TokenTrie, box_text, grid_boxes
-from medvr_verl.cpu.learning import IMAGE_SIZE, PIXELS, SYSTEM_PROMPT
+from medvr_verl.cpu.learning import IMAGE_SIZE, SYSTEM_PROMPT
 from medvr_verl.data.synthetic import QUESTIONS, cell_box, cell_name, stripes_image
+from medvr_verl.testing.tiny_reader import encode
 
 GT_CELL = 3  # the learning run's data: the lines in the bottom-right cell
 SEEN = IMAGE_SIZE // 2  # the side of the image as the model sees it
@@ -68,18 +69,6 @@ def answer_context(question: str, box: str) -> str:
         zoom_context(question) + box + ZOOM_SUFFIX + "<|im_end|>\n<|im_start|>user\n<tool_response>\n"
         f"<|vision_start|><|image_pad|><|vision_end|>Zoomed into [{box}] of image 0.</tool_response><|im_end|>\n"
         f"<|im_start|>assistant\n{ANSWER_PREFIX}"
-    )
-
-
-def encode(processor, texts, images):
-    return processor(
-        text=texts,
-        images=images,
-        return_tensors="pt",
-        padding=True,
-        padding_side="left",
-        min_pixels=PIXELS,
-        max_pixels=PIXELS,
     )
 
 

@@ -60,7 +60,7 @@ import os
 import shutil
 import tempfile
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -74,6 +74,7 @@ __all__ = [
     "MIN_PIXELS",
     "REAL_MAX_PIXELS",
     "TinyModelSpec",
+    "build_in_place",
     "build_tiny_qwen25vl",
     "load_chat_template",
     "tiny_qwen25vl_path",
@@ -515,20 +516,26 @@ def build_tiny_qwen25vl(
             return out
         if out.exists() and (not out.is_dir() or (any(out.iterdir()) and _read_marker(out) is None)):
             raise FileExistsError(f"{out} exists and is not a tiny Qwen2.5-VL build; refusing to overwrite it")
-        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-        try:
-            _write_all(tmp, spec)
-            if out.exists():
-                trash = out.parent / f".{out.name}.old-{uuid.uuid4().hex[:8]}"
-                os.rename(out, trash)
-                os.rename(tmp, out)
-                shutil.rmtree(trash, ignore_errors=True)
-            else:
-                os.rename(tmp, out)
-        finally:
-            if tmp.exists():
-                shutil.rmtree(tmp, ignore_errors=True)
+        build_in_place(out, lambda tmp: _write_all(tmp, spec))
     return out
+
+
+def build_in_place(out: Path, write: Callable[[Path], None]) -> None:
+    """``write(tmp)`` into a temporary sibling of ``out``, then rename it into place (replacing an
+    older ``out``), so a reader never sees a half-written build. Call under :func:`_file_lock`."""
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    try:
+        write(tmp)
+        if out.exists():
+            trash = out.parent / f".{out.name}.old-{uuid.uuid4().hex[:8]}"
+            os.rename(out, trash)
+            os.rename(tmp, out)
+            shutil.rmtree(trash, ignore_errors=True)
+        else:
+            os.rename(tmp, out)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
 
 
 def tiny_model_path_for(backend: str = "cpu") -> Path:

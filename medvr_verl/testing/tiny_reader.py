@@ -24,11 +24,9 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
-import uuid
 from pathlib import Path
 
-from medvr_verl.testing.tiny_qwen25vl import _file_lock, tiny_qwen25vl_path
+from medvr_verl.testing.tiny_qwen25vl import _file_lock, build_in_place, tiny_qwen25vl_path
 
 READER_STEPS = 30
 READER_BATCH = 16
@@ -70,6 +68,22 @@ def answer_context(processor, messages: list[dict], box: list[int]) -> str:
     return text + ANSWER_PREFIX
 
 
+def encode(processor, texts: list[str], images: list) -> dict:
+    """Processor inputs at the learning run's pixel budget (every image, crops too, resized to
+    :data:`medvr_verl.cpu.learning.PIXELS`), left-padded so the last position is the answer's."""
+    from medvr_verl.cpu.learning import PIXELS
+
+    return processor(
+        text=texts,
+        images=images,
+        return_tensors="pt",
+        padding=True,
+        padding_side="left",
+        min_pixels=PIXELS,
+        max_pixels=PIXELS,
+    )
+
+
 def _batch(processor, records, cells):
     """Processor inputs of ``records`` (stripes rows, as the learning run's data), record ``i``
     zoomed into cell ``cells[i]``, and the target distribution over (A, B): the answer (A:
@@ -78,7 +92,7 @@ def _batch(processor, records, cells):
     import torch
 
     from medvr_verl.cpu.constrained import grid_boxes
-    from medvr_verl.cpu.learning import IMAGE_SIZE, PIXELS, SYSTEM_PROMPT
+    from medvr_verl.cpu.learning import IMAGE_SIZE, SYSTEM_PROMPT
     from medvr_verl.data.prompts import build_messages
     from medvr_verl.data.synthetic import cell_box
 
@@ -93,16 +107,7 @@ def _batch(processor, records, cells):
             targets.append([0.5, 0.5])
         else:
             targets.append([1.0, 0.0] if record.answer == "A" else [0.0, 1.0])
-    inputs = processor(
-        text=texts,
-        images=images,
-        return_tensors="pt",
-        padding=True,
-        padding_side="left",
-        min_pixels=PIXELS,
-        max_pixels=PIXELS,
-    )
-    return inputs, torch.tensor(targets)
+    return encode(processor, texts, images), torch.tensor(targets)
 
 
 def _cells(records, rng, miss_share: float) -> list[int]:
@@ -193,19 +198,11 @@ def tiny_reader_path(
             return out
         if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / _MARKER).exists())):
             raise FileExistsError(f"{out} exists and is not a tiny reader build; refusing to overwrite it")
-        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-        try:
+
+        def write(tmp: Path) -> None:
             result = train_reader(base, tmp, steps=steps, batch=batch, lr=lr, seed=seed)
             (tmp / _MARKER).write_text(json.dumps({"spec": spec, **result}, indent=1))
             os.chmod(tmp, 0o755)
-            if out.exists():
-                trash = out.parent / f".{out.name}.old-{uuid.uuid4().hex[:8]}"
-                os.rename(out, trash)
-                os.rename(tmp, out)
-                shutil.rmtree(trash, ignore_errors=True)
-            else:
-                os.rename(tmp, out)
-        finally:
-            if tmp.exists():
-                shutil.rmtree(tmp, ignore_errors=True)
+
+        build_in_place(out, write)
     return out
