@@ -1,4 +1,4 @@
-"""Training through veRL's trainer improves the policy: a seed-fixed learning run on CPU. SLOW (4-9 min).
+"""Training through veRL's trainer improves the policy: a seed-fixed learning run on CPU. SLOW (3-12 min).
 
 One real ``python -m verl.trainer.main_ppo`` run (MedVR recipe, ``+backend=cpu``, V1 trainer, EVR,
 ``medvr_cca`` with consensus tool reward, the paper's ``quorum: correct`` and ``evr.fallback:
@@ -44,7 +44,7 @@ from medvr_verl.cpu import learning
 
 pytestmark = pytest.mark.vl_stack
 
-MAX_STEPS = 30
+MAX_STEPS = 40
 SEED = 0
 FIRST, LAST = 1, 5
 #: over the last LAST steps (160 rollouts). At the start: zoom share ~0.25, accuracy ~0.6
