@@ -74,7 +74,7 @@ __all__ = [
     "MIN_PIXELS",
     "REAL_MAX_PIXELS",
     "TinyModelSpec",
-    "build_in_place",
+    "build_cached",
     "build_tiny_qwen25vl",
     "load_chat_template",
     "tiny_qwen25vl_path",
@@ -508,21 +508,42 @@ def build_tiny_qwen25vl(
     """
     out = Path(out_dir).expanduser().absolute()
     spec = TinyModelSpec.make(seed=seed, min_pixels=min_pixels, max_pixels=max_pixels, head_dim=head_dim)
-    if _is_complete(out, spec):
+    return build_cached(
+        out,
+        complete=lambda: _is_complete(out, spec),
+        ours=lambda: _read_marker(out) is not None,
+        write=lambda tmp: _write_all(tmp, spec),
+        what="tiny Qwen2.5-VL",
+    )
+
+
+def build_cached(
+    out: Path,
+    *,
+    complete: Callable[[], bool],
+    ours: Callable[[], bool],
+    write: Callable[[Path], None],
+    what: str,
+) -> Path:
+    """Return ``out`` once it holds a complete build (``complete()``), building it if need be.
+
+    Safe under concurrent processes: under an exclusive file lock beside ``out``, checked again
+    (another process may have finished while this one waited), then ``write(tmp)`` into a temporary
+    sibling renamed into place, so no reader sees a half-written build. An older build of ours
+    (``ours()``) is replaced; any other non-empty ``out`` is refused (``FileExistsError``)."""
+    if complete():
         return out
     out.parent.mkdir(parents=True, exist_ok=True)
     with _file_lock(out.parent / f".{out.name}.lock"):
-        if _is_complete(out, spec):  # another process finished while we waited
+        if complete():
             return out
-        if out.exists() and (not out.is_dir() or (any(out.iterdir()) and _read_marker(out) is None)):
-            raise FileExistsError(f"{out} exists and is not a tiny Qwen2.5-VL build; refusing to overwrite it")
-        build_in_place(out, lambda tmp: _write_all(tmp, spec))
+        if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not ours())):
+            raise FileExistsError(f"{out} exists and is not a {what} build; refusing to overwrite it")
+        _build_in_place(out, write)
     return out
 
 
-def build_in_place(out: Path, write: Callable[[Path], None]) -> None:
-    """``write(tmp)`` into a temporary sibling of ``out``, then rename it into place (replacing an
-    older ``out``), so a reader never sees a half-written build. Call under :func:`_file_lock`."""
+def _build_in_place(out: Path, write: Callable[[Path], None]) -> None:
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     try:
         write(tmp)

@@ -26,7 +26,7 @@ import os
 import shutil
 from pathlib import Path
 
-from medvr_verl.testing.tiny_qwen25vl import _file_lock, build_in_place, tiny_qwen25vl_path
+from medvr_verl.testing.tiny_qwen25vl import build_cached, tiny_qwen25vl_path
 
 READER_STEPS = 30
 READER_BATCH = 16
@@ -169,8 +169,8 @@ def train_reader(base: Path, out: Path, *, steps: int, batch: int, lr: float, se
 def tiny_reader_path(
     *, steps: int = READER_STEPS, batch: int = READER_BATCH, lr: float = READER_LR, seed: int = 0
 ) -> Path:
-    """Build (once) and return the cached tiny reader (module docstring). Safe under concurrent
-    processes: built in a temporary sibling directory, renamed into place under a file lock."""
+    """Build (once) and return the cached tiny reader (module docstring); concurrency-safe, as
+    :func:`medvr_verl.testing.tiny_qwen25vl.build_cached` builds."""
     base = tiny_qwen25vl_path()
     base_build = json.loads((base / "medvr_tiny_build.json").read_text())  # a rebuilt tiny model: retrain
     spec = {
@@ -191,18 +191,9 @@ def tiny_reader_path(
         except (OSError, ValueError, KeyError):
             return False
 
-    if complete():
-        return out
-    with _file_lock(out.parent / f".{out.name}.lock"):
-        if complete():
-            return out
-        if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / _MARKER).exists())):
-            raise FileExistsError(f"{out} exists and is not a tiny reader build; refusing to overwrite it")
+    def write(tmp: Path) -> None:
+        result = train_reader(base, tmp, steps=steps, batch=batch, lr=lr, seed=seed)
+        (tmp / _MARKER).write_text(json.dumps({"spec": spec, **result}, indent=1))
+        os.chmod(tmp, 0o755)
 
-        def write(tmp: Path) -> None:
-            result = train_reader(base, tmp, steps=steps, batch=batch, lr=lr, seed=seed)
-            (tmp / _MARKER).write_text(json.dumps({"spec": spec, **result}, indent=1))
-            os.chmod(tmp, 0o755)
-
-        build_in_place(out, write)
-    return out
+    return build_cached(out, complete=complete, ours=lambda: (out / _MARKER).exists(), write=write, what="tiny reader")
