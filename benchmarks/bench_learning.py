@@ -21,7 +21,12 @@ Targets (exit 0 when all hold), over the last 5 steps against the first 3 and ag
 
 ``--ablation`` runs the same task for ``tool_reward`` none / unconditional / correct / consensus
 and EVR off, and writes ``ablation.csv`` and ``ablation.png`` (final reward, accuracy, gt IoU,
-steps until the zoom share first reaches 0.6): a measurement, no target.
+steps until the zoom share first reaches 0.6): a measurement, no target. ``--combine`` merges the
+``ablation.csv`` of several seeds into ``OUT/ablation_seeds.csv`` and a Markdown table (per variant:
+the mean over seeds, each seed's step to zoom share 0.6, how many seeds learned):
+
+    python benchmarks/bench_learning.py --out ablation_s1 --ablation --steps 20 --seed 1
+    python benchmarks/bench_learning.py --out ablation_seeds --combine ablation_s0/ablation.csv ablation_s1/ablation.csv
 """
 
 from __future__ import annotations
@@ -190,7 +195,16 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--replot", action="store_true", help="no training: redo CSV, PNG and checks from OUT/run")
     parser.add_argument("--override", action="append", default=[], help="extra main_ppo override (repeatable)")
+    parser.add_argument(
+        "--combine",
+        nargs="+",
+        type=Path,
+        metavar="ABLATION_CSV",
+        help="no training: merge the ablation.csv of several seeds into OUT/ablation_seeds.csv",
+    )
     args = parser.parse_args(argv)
+    if args.combine:
+        return combine(args.combine, args.out)
     model = start_model(args.start)
     out = args.out.resolve()
     out.mkdir(parents=True, exist_ok=True)
@@ -251,6 +265,7 @@ def ablation(model: Path, out: Path, args) -> int:
         table.append(
             {
                 "variant": name,
+                "seed": args.seed,
                 "folder": folder.name,
                 **{k: round(v, 3) for k, v in summary.items()},
                 "seconds": round(seconds) if not math.isnan(seconds) else "reused",
@@ -276,6 +291,58 @@ def ablation(model: Path, out: Path, args) -> int:
     image.save(out / "ablation.png")
     print(f"ablation: {out / 'ablation.csv'}, {out / 'ablation.png'}")
     return 0
+
+
+COMBINED = ("reward_first", "reward_last", "acc_first", "acc_last", "zoom_gt_hit_first", "zoom_gt_hit_last")
+LEARNED = {"acc_last": TARGETS["acc"], "zoom_gt_hit_last": TARGETS["zoom_gt_hit"]}
+
+
+def combine(paths: list[Path], out: Path) -> int:
+    """Merge per-seed ``ablation.csv`` files (each with a ``seed`` column) into ``out/ablation_seeds.csv``:
+    one row per variant with the mean over seeds of :data:`COMBINED`, each seed's first step with
+    zoom share >= 0.6, and how many seeds "learned" (last-5 accuracy and zoom share at the
+    bench's targets, :data:`LEARNED`). Prints the same as a Markdown table."""
+    by_variant: dict[str, list[dict]] = {}
+    for path in paths:
+        if not path.is_file():
+            raise SystemExit(f"--combine: {path} is not a file (an ablation.csv written by --ablation)")
+        with open(path, newline="") as f:
+            for row in csv.DictReader(f):
+                if "seed" not in row:
+                    raise SystemExit(f"--combine: {path} has no seed column (written before seeds were recorded)")
+                by_variant.setdefault(row["variant"], []).append(row)
+    table = []
+    for variant, rows in by_variant.items():
+        seeds = [int(r["seed"]) for r in rows]
+        if len(set(seeds)) != len(seeds):
+            raise SystemExit(f"--combine: variant {variant!r} has seed(s) twice: {sorted(seeds)}")
+        rows = [r for _, r in sorted(zip(seeds, rows), key=lambda t: t[0])]
+        entry = {"variant": variant, "seeds": " ".join(r["seed"] for r in rows)}
+        for key in COMBINED:
+            entry[key] = round(sum(float(r[key]) for r in rows) / len(rows), 3)
+        entry["steps_to_zoom_0.6"] = " ".join(_step(r["steps_to_zoom_0.6"]) for r in rows)
+        learned = sum(all(float(r[k]) >= v for k, v in LEARNED.items()) for r in rows)
+        entry["learned"] = f"{learned}/{len(rows)}"
+        table.append(entry)
+    out.mkdir(parents=True, exist_ok=True)
+    write_csv(table, out / "ablation_seeds.csv")
+    print(
+        "| variant | seeds | reward, first 3 -> last 5 | accuracy | zoom share on the gt box "
+        "| first step with zoom share >= 0.6, by seed | learned |"
+    )
+    print("|---|---|---|---|---|---|---|")
+    for t in table:
+        print(
+            f"| {t['variant']} | {t['seeds']} | {t['reward_first']:.2f} -> {t['reward_last']:.2f} "
+            f"| {t['acc_first']:.2f} -> {t['acc_last']:.2f} | {t['zoom_gt_hit_first']:.2f} -> "
+            f"{t['zoom_gt_hit_last']:.2f} | {t['steps_to_zoom_0.6']} | {t['learned']} |"
+        )
+    print(f"combined: {out / 'ablation_seeds.csv'}")
+    return 0
+
+
+def _step(value: str) -> str:
+    return "never" if value in ("", "nan") else str(int(float(value)))
 
 
 if __name__ == "__main__":
