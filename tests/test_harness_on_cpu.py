@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import json
+import stat
 import time
 from typing import Any
 
@@ -91,6 +92,7 @@ def test_build_is_cached_and_deterministic(tiny_model_path, tmp_path):
     other = build_tiny_qwen25vl(tmp_path / "again")
     for name in ("tokenizer.json", "tokenizer_config.json", "config.json", "preprocessor_config.json"):
         assert (other / name).read_bytes() == (tiny_model_path / name).read_bytes(), name
+    assert stat.S_IMODE(other.stat().st_mode) == 0o755  # a shared cache (mkdtemp makes 0700)
     # a non-empty foreign directory is never overwritten
     foreign = tmp_path / "foreign"
     foreign.mkdir()

@@ -55,3 +55,12 @@ def test_training_teaches_the_answer_from_the_crop_and_no_letter_on_a_blank_one(
     Qwen2_5_VLForConditionalGeneration.from_pretrained(tmp_path)
     AutoProcessor.from_pretrained(tmp_path)
     assert not (tmp_path / "medvr_tiny_build.json").exists()  # not mistaken for the random tiny model
+
+
+def test_the_cached_reader_is_readable_by_all():
+    import stat
+
+    from medvr_verl.testing.tiny_reader import tiny_reader_path
+
+    path = tiny_reader_path()
+    assert stat.S_IMODE(path.stat().st_mode) == 0o755  # a shared cache (mkdtemp makes 0700)

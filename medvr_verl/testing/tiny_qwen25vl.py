@@ -77,6 +77,7 @@ __all__ = [
     "build_cached",
     "build_tiny_qwen25vl",
     "load_chat_template",
+    "read_build_marker",
     "tiny_qwen25vl_path",
 ]
 
@@ -438,8 +439,6 @@ def _write_all(out: Path, spec: TinyModelSpec) -> None:
     )
     # The marker goes last: its presence means the directory is complete.
     _dump_json(out / _MARKER_NAME, dict(spec))
-    # mkdtemp makes the directory 0700; a shared cache must be readable by everyone.
-    os.chmod(out, 0o755)
     for child in out.iterdir():
         os.chmod(child, 0o644)
 
@@ -453,7 +452,8 @@ def _dump_json(path: Path, obj: Any) -> None:
 # ----------------------------------------------------------------------------------------------
 
 
-def _read_marker(out: Path) -> dict | None:
+def read_build_marker(out: Path) -> dict | None:
+    """The build spec a complete tiny-model build in ``out`` records, None where there is none."""
     try:
         return json.loads((out / _MARKER_NAME).read_text(encoding="utf-8"))
     except (OSError, ValueError):
@@ -461,7 +461,7 @@ def _read_marker(out: Path) -> dict | None:
 
 
 def _is_complete(out: Path, spec: TinyModelSpec) -> bool:
-    return _read_marker(out) == dict(spec) and all((out / name).is_file() for name in _REQUIRED_FILES)
+    return read_build_marker(out) == dict(spec) and all((out / name).is_file() for name in _REQUIRED_FILES)
 
 
 @contextlib.contextmanager
@@ -511,7 +511,7 @@ def build_tiny_qwen25vl(
     return build_cached(
         out,
         complete=lambda: _is_complete(out, spec),
-        ours=lambda: _read_marker(out) is not None,
+        ours=lambda: read_build_marker(out) is not None,
         write=lambda tmp: _write_all(tmp, spec),
         what="tiny Qwen2.5-VL",
     )
@@ -529,8 +529,9 @@ def build_cached(
 
     Safe under concurrent processes: under an exclusive file lock beside ``out``, checked again
     (another process may have finished while this one waited), then ``write(tmp)`` into a temporary
-    sibling renamed into place, so no reader sees a half-written build. An older build of ours
-    (``ours()``) is replaced; any other non-empty ``out`` is refused (``FileExistsError``)."""
+    sibling, made readable by all (0755: a shared cache) and renamed into place, so no reader sees
+    a half-written build. An older build of ours (``ours()``) is replaced; any other non-empty
+    ``out`` is refused (``FileExistsError``)."""
     if complete():
         return out
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -547,6 +548,8 @@ def _build_in_place(out: Path, write: Callable[[Path], None]) -> None:
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     try:
         write(tmp)
+        # mkdtemp makes the directory 0700; a shared cache must be readable by everyone.
+        os.chmod(tmp, 0o755)
         if out.exists():
             trash = out.parent / f".{out.name}.old-{uuid.uuid4().hex[:8]}"
             os.rename(out, trash)

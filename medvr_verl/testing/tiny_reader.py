@@ -22,11 +22,10 @@ Built once per parameter set and cached beside the tiny model (``...-reader``), 
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from pathlib import Path
 
-from medvr_verl.testing.tiny_qwen25vl import build_cached, tiny_qwen25vl_path
+from medvr_verl.testing.tiny_qwen25vl import build_cached, read_build_marker, tiny_qwen25vl_path
 
 READER_STEPS = 30
 READER_BATCH = 16
@@ -172,7 +171,7 @@ def tiny_reader_path(
     """Build (once) and return the cached tiny reader (module docstring); concurrency-safe, as
     :func:`medvr_verl.testing.tiny_qwen25vl.build_cached` builds."""
     base = tiny_qwen25vl_path()
-    base_build = json.loads((base / "medvr_tiny_build.json").read_text())  # a rebuilt tiny model: retrain
+    base_build = read_build_marker(base)  # a rebuilt tiny model: retrain
     spec = {
         "base": str(base),
         "base_build": base_build,
@@ -194,6 +193,5 @@ def tiny_reader_path(
     def write(tmp: Path) -> None:
         result = train_reader(base, tmp, steps=steps, batch=batch, lr=lr, seed=seed)
         (tmp / _MARKER).write_text(json.dumps({"spec": spec, **result}, indent=1))
-        os.chmod(tmp, 0o755)
 
     return build_cached(out, complete=complete, ours=lambda: (out / _MARKER).exists(), write=write, what="tiny reader")
